@@ -1,0 +1,137 @@
+"""Settings from built-in defaults, the user config file and presets, merged by precedence."""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+from dreamcli.errors import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# What applies when nothing else says otherwise (flags, then presets, then the user config win).
+BUILTIN_DEFAULTS = {
+    "steps": 30,
+    "guidance": 7.5,
+    "negative": "",
+    "num_images": 1,
+    "device": "auto",
+    "dtype": "auto",
+    "outdir": "outputs",
+    "format": "png",
+}
+DEFAULT_PRESET = "demo"  # used when no model is named anywhere: small, offline, ships in the wheel
+
+SETTING_KEYS = {
+    "model", "model_config", "scheduler", "steps", "guidance", "negative", "width", "height",
+    "num_images", "seed", "lora", "device", "dtype", "offload", "vae_tiling", "attention_slicing",
+    "outdir", "format", "allow_unsafe_pickle",
+}
+# Keys a preset may carry for other tasks (inpaint, upscale, tune) or for people reading it.
+PRESET_ONLY_KEYS = {"description", "inpaint_model", "upscale_model", "controlnet"}
+CONFIG_ONLY_KEYS = {"preset"}
+PACKAGE_PREFIX = "package:"  # a path inside the installed dreamcli package (the demo model)
+
+
+def dreamcli_home() -> Path:
+    """The user's config directory: $DREAMCLI_HOME, else $XDG_CONFIG_HOME/dreamcli or ~/.config/dreamcli."""
+    if os.environ.get("DREAMCLI_HOME"):
+        return Path(os.environ["DREAMCLI_HOME"]).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "dreamcli"
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path} is not valid TOML ({e}): fix or remove it") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _check_keys(data: dict, allowed: set, path: Path) -> None:
+    # Tables (like [tune]) belong to other commands; unknown plain keys are most likely typos.
+    unknown = sorted(k for k, v in data.items() if k not in allowed and not isinstance(v, dict))
+    if unknown:
+        raise InputError(
+            f"{path}: unknown key {unknown[0]!r}: use one of {', '.join(sorted(allowed))}"
+        )
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    # "./x" in a file means next to that file, so presets can travel with their weights.
+    out = dict(data)
+    for key in ("model", "model_config", "inpaint_model", "upscale_model", "outdir"):
+        value = out.get(key)
+        if isinstance(value, str) and value.startswith(("./", "../")):
+            out[key] = str((base / value).resolve())
+    return out
+
+
+def load_user_config() -> dict:
+    """The user's config.toml as a dict ({} when there is none)."""
+    path = dreamcli_home() / "config.toml"
+    if not path.is_file():
+        return {}
+    data = _read_toml(path)
+    _check_keys(data, SETTING_KEYS | CONFIG_ONLY_KEYS, path)
+    return _resolve_paths(data, path.parent)
+
+
+def _builtin_presets() -> dict[str, Path]:
+    folder = resources.files("dreamcli") / "presets"
+    return {p.name[:-5]: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def _user_presets() -> dict[str, Path]:
+    folder = dreamcli_home() / "presets"
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in folder.glob("*.toml")}
+
+
+def preset_names() -> list[str]:
+    """All preset names, built-in and the user's."""
+    return sorted({**_builtin_presets(), **_user_presets()})
+
+
+def load_preset(name: str) -> dict:
+    """A preset's settings; a user preset of the same name replaces the built-in one."""
+    found = {**_builtin_presets(), **_user_presets()}
+    if name not in found:
+        raise InputError(f"unknown preset {name!r}: use one of {', '.join(sorted(found))}")
+    path = found[name]
+    data = _read_toml(path)
+    _check_keys(data, SETTING_KEYS | PRESET_ONLY_KEYS, path)
+    return _resolve_paths(data, path.parent)
+
+
+def package_path(ref: str) -> Path:
+    """Turn `package:demo/model` into the path of that folder inside the installed package."""
+    return Path(str(resources.files("dreamcli").joinpath(ref[len(PACKAGE_PREFIX):])))
+
+
+def merge_settings(flags: dict, base: dict | None = None) -> tuple[dict, str | None]:
+    """Merge built-in < user config < preset < base (e.g. an image's metadata) < flags.
+
+    Returns the merged settings and the preset name that was used (None when none). A preset named
+    in the user config applies only when the command line names neither a model nor a preset.
+    """
+    flags = {k: v for k, v in flags.items() if v is not None}
+    base = base or {}
+    user = load_user_config()
+    preset_name = flags.pop("preset", None) or base.pop("preset", None)
+    if preset_name is None and "model" not in flags and "model" not in base:
+        preset_name = user.get("preset") or (None if user.get("model") else DEFAULT_PRESET)
+    preset = load_preset(preset_name) if preset_name else {}
+    user = {k: v for k, v in user.items() if k != "preset"}
+    merged = {**BUILTIN_DEFAULTS, **user, **preset, **base, **flags}
+    merged.pop("description", None)
+    return merged, preset_name

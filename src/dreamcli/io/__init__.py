@@ -1,0 +1,1 @@
+"""Images in and out: loading, output naming, atomic writes, metadata."""

@@ -1,0 +1,104 @@
+"""Generation parameters stored in images: an A1111 `parameters` text and a `dreamcli` JSON record."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from dreamcli.io.images import open_image
+
+EXIF_IFD = 0x8769
+USER_COMMENT = 0x9286  # where A1111 puts `parameters` in JPEG/WebP files
+IMAGE_DESCRIPTION = 0x010E  # where we put the dreamcli JSON record in JPEG/WebP files
+
+
+def a1111_parameters(record: dict) -> str:
+    """Format a dreamcli record as A1111's `parameters` text (what civitai and PNG Info read)."""
+    req = record["request"]
+    lines = [req["prompt"]]
+    if req.get("negative_prompt"):
+        lines.append(f"Negative prompt: {req['negative_prompt']}")
+    fields = {
+        "Steps": req["num_inference_steps"],
+        "Sampler": record.get("sampler", ""),
+        "CFG scale": f"{req['guidance_scale']:g}",
+        "Seed": record["seed"],
+        "Size": f"{record['width']}x{record['height']}",
+        "Model hash": record.get("model_hash") or "",
+        "Model": record.get("model_name") or "",
+    }
+    if req["model"].get("loras"):
+        fields["Lora hashes"] = '"' + ", ".join(req["model"]["loras"]) + '"'
+    fields["Version"] = f"dreamcli {record['versions']['dreamcli']}"
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields.items() if v != ""))
+    return "\n".join(lines)
+
+
+def parse_a1111_parameters(text: str) -> dict:
+    """Split A1111 `parameters` text into prompt, negative prompt and its key: value fields."""
+    lines = text.strip().split("\n")
+    settings = {}
+    # The last line holds "Key: value, Key: "quoted, value"" pairs when it has a Steps field.
+    if lines and re.match(r"^\s*Steps: ", lines[-1]):
+        for key, value in re.findall(r'\s*([\w ]+):\s*("(?:\\.|[^"])*"|[^,]*)(?:,|$)', lines.pop()):
+            settings[key.strip()] = value.strip().strip('"')
+    prompt, negative, target = [], [], None
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            target = negative
+            line = line[len("Negative prompt:"):].strip()
+        (target if target is not None else prompt).append(line)
+    return {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative), **settings}
+
+
+def save_options(record: dict, fmt: str) -> dict:
+    """Keyword arguments for PIL's save() that embed the record in the given format."""
+    text = a1111_parameters(record)
+    blob = json.dumps(record, sort_keys=True)
+    if fmt == "png":
+        info = PngInfo()
+        info.add_text("parameters", text)
+        info.add_text("dreamcli", blob)
+        return {"pnginfo": info}
+    exif = Image.Exif()
+    # EXIF UserComment: 8-byte charset marker then UTF-16 text, as A1111 writes it.
+    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + text.encode("utf-16-be")
+    exif[IMAGE_DESCRIPTION] = blob
+    return {"exif": exif.tobytes(), "quality": 95}
+
+
+def _decode_user_comment(raw) -> str | None:
+    if isinstance(raw, str):
+        return raw
+    if not isinstance(raw, bytes | bytearray):
+        return None
+    head, body = bytes(raw[:8]), bytes(raw[8:])
+    if head.startswith(b"UNICODE"):
+        for codec in ("utf-16-be", "utf-16-le"):
+            try:
+                return body.decode(codec)
+            except UnicodeDecodeError:
+                continue
+    return body.decode("utf-8", "replace")
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The `parameters` text and `dreamcli` record of an image (None where absent)."""
+    image = open_image(path)
+    text = image.info.get("parameters")
+    blob = image.info.get("dreamcli")
+    if text is None or blob is None:
+        exif = image.getexif()
+        blob = blob or exif.get(IMAGE_DESCRIPTION)
+        text = text or _decode_user_comment(exif.get_ifd(EXIF_IFD).get(USER_COMMENT))
+    record = None
+    if blob:
+        try:
+            record = json.loads(blob)
+        except json.JSONDecodeError:
+            record = None
+    return {"parameters": text, "dreamcli": record}
