@@ -46,6 +46,14 @@ def dreamcli_home() -> Path:
     return Path(base) / "dreamcli"
 
 
+def cache_dir() -> Path:
+    """Where dreamcli keeps caches: $DREAMCLI_HOME/cache, else $XDG_CACHE_HOME/dreamcli or ~/.cache/dreamcli."""
+    if os.environ.get("DREAMCLI_HOME"):
+        return dreamcli_home() / "cache"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dreamcli"
+
+
 def _read_toml(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
@@ -125,7 +133,13 @@ def merge_settings(flags: dict, base: dict | None = None) -> tuple[dict, str | N
     in the user config applies only when the command line names neither a model nor a preset.
     """
     flags = {k: v for k, v in flags.items() if v is not None}
-    base = base or {}
+    base = dict(base or {})
+    model = flags.get("model")
+    if model and not Path(model).expanduser().exists():
+        if model in preset_names() and "preset" not in flags:
+            flags["preset"] = flags.pop("model")  # `-m sdxl` means the sdxl preset, with its sizes
+    elif model:
+        flags["model"] = str(Path(model).expanduser().resolve())  # recorded paths work from anywhere
     user = load_user_config()
     preset_name = flags.pop("preset", None) or base.pop("preset", None)
     if preset_name is None and "model" not in flags and "model" not in base:

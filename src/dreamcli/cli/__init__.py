@@ -1,0 +1,43 @@
+"""The `dream` command line (Typer); heavy libraries load only inside the commands that need them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from dreamcli import __version__
+from dreamcli.cli.gen import gen
+from dreamcli.cli.info import info
+
+app = typer.Typer(
+    name="dream",
+    help="Turn prompts and images into images with Stable Diffusion.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals can hold prompts, tokens and huge tensors
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dreamcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
+) -> None:
+    """dream: text to image, inpaint, outpaint, colorize, upscale and DreamBooth tuning."""
+
+
+app.command("gen")(gen)
+app.command("info")(info)
+
+
+def main() -> None:
+    """Entry point of the `dream` console script and of `python -m dreamcli`."""
+    app(prog_name="dream")

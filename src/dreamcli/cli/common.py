@@ -1,0 +1,90 @@
+"""What every command shares: the stderr console, error handling, and the common flags."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from dreamcli.errors import DreamError
+
+# stdout carries only results (paths or JSON lines); everything for people goes to stderr.
+console = Console(stderr=True, highlight=False)
+
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+
+
+def error_line(message: str) -> None:
+    """One red line on stderr, never wrapped (scripts grep for it)."""
+    console.print(Text("error: ", style="bold red") + Text(message, style="red"), soft_wrap=True)
+
+
+def hint(message: str, quiet: bool = False) -> None:
+    """A dim one-line note on stderr, unless --quiet."""
+    if not quiet:
+        console.print(Text(message, style="dim"), soft_wrap=True)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn DreamError into a red line and its exit code; unexpected errors keep their traceback."""
+    try:
+        yield
+    except DreamError as e:
+        error_line(str(e))
+        raise typer.Exit(e.exit_code) from None
+
+
+def emit(line: str) -> None:
+    """One result line on stdout, flushed so pipes see it as soon as the file exists."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+# ---- flags shared by every command that generates (DESIGN: same flag, same meaning) ----
+Model = Annotated[Optional[str], typer.Option(
+    "-m", "--model", help="Preset name, HF repo id, diffusers folder or .safetensors file.",
+    rich_help_panel="Model")]
+Preset = Annotated[Optional[str], typer.Option(
+    "--preset", help="Settings bundle (sd15, sd21, sdxl, sdxl-turbo, demo, or your own).",
+    rich_help_panel="Model")]
+ModelConfig = Annotated[Optional[str], typer.Option(
+    "--model-config", help="Diffusers folder or repo id whose configs fit a single-file checkpoint.",
+    rich_help_panel="Model")]
+Scheduler = Annotated[Optional[str], typer.Option(
+    "--scheduler", help="Sampler by friendly name; `--scheduler list` shows them.", rich_help_panel="Model")]
+Lora = Annotated[Optional[list[str]], typer.Option(
+    "--lora", help="LoRA file or folder, optional :SCALE (repeatable).", rich_help_panel="Model")]
+Device = Annotated[Optional[str], typer.Option(
+    "--device", help="auto | cpu | cuda[:N] | mps.", rich_help_panel="Hardware")]
+Dtype = Annotated[Optional[str], typer.Option(
+    "--dtype", help="auto | fp32 | fp16 | bf16.", rich_help_panel="Hardware")]
+Offload = Annotated[Optional[bool], typer.Option(
+    "--offload/--no-offload", help="Keep idle components in CPU memory (small GPUs).",
+    rich_help_panel="Hardware")]
+VaeTiling = Annotated[Optional[bool], typer.Option(
+    "--vae-tiling/--no-vae-tiling", help="Decode in tiles (large images, less memory).",
+    rich_help_panel="Hardware")]
+AttentionSlicing = Annotated[Optional[bool], typer.Option(
+    "--attention-slicing/--no-attention-slicing", help="Compute attention in slices (less memory).",
+    rich_help_panel="Hardware")]
+AllowUnsafePickle = Annotated[Optional[bool], typer.Option(
+    "--allow-unsafe-pickle", help="Allow .ckpt/.pt files (they can run code when loaded).",
+    rich_help_panel="Model")]
+Seed = Annotated[Optional[int], typer.Option("-s", "--seed", help="Base seed; image i uses seed+i.")]
+Steps = Annotated[Optional[int], typer.Option("--steps", help="Denoising steps.")]
+Guidance = Annotated[Optional[float], typer.Option("-g", "--guidance", help="Classifier-free guidance scale.")]
+Negative = Annotated[Optional[str], typer.Option("--negative", help="Negative prompt.")]
+Width = Annotated[Optional[int], typer.Option("-W", "--width", help="Width in pixels (multiple of 8).")]
+Height = Annotated[Optional[int], typer.Option("-H", "--height", help="Height in pixels (multiple of 8).")]
+NumImages = Annotated[Optional[int], typer.Option("-n", "--num-images", help="Images per prompt.")]
+Outdir = Annotated[Optional[str], typer.Option("-o", "--outdir", help="Output folder.", rich_help_panel="Output")]
+Format = Annotated[Optional[str], typer.Option(
+    "--format", help="png | jpg | webp.", rich_help_panel="Output")]
+Json = Annotated[bool, typer.Option(
+    "--json", help="One JSON object per image on stdout.", rich_help_panel="Output")]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or hints.", rich_help_panel="Output")]

@@ -1,0 +1,390 @@
+"""Resolve model references, load pipelines once per process, and adapt them per task."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dreamcli.checkpoints import (
+    FAMILIES,
+    FAMILY_CONFIG_REPOS,
+    PICKLE_SUFFIXES,
+    check_single_file,
+    file_sha256,
+)
+from dreamcli.config import PACKAGE_PREFIX, cache_dir, package_path
+from dreamcli.errors import DemoModelMissing, InputError, LoraMismatch, ModelNotFound
+from dreamcli.requests import LoraRef, ModelOptions
+from dreamcli.schedulers import SCHEDULERS
+
+# Silence import-time chatter (e.g. transformers asking for torchvision) before the heavy imports:
+# stderr is for our progress and hints.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import torch  # noqa: E402  (after the verbosity settings above)
+
+REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TASK_PIPELINES = {
+    "text2img": "AutoPipelineForText2Image",
+    "img2img": "AutoPipelineForImage2Image",
+    "inpaint": "AutoPipelineForInpainting",
+}
+DEMO_MISSING = (
+    "the built-in demo model is not built yet: name a real checkpoint with -m "
+    "(a .safetensors file, a diffusers folder or a Hugging Face repo id) or --preset sd15"
+)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model reference points: a diffusers folder, a single file, or a hub repo."""
+
+    ref: str  # what the user wrote
+    kind: str  # "folder" | "file" | "hub"
+    location: str  # folder path, file path or repo id
+    family: str | None  # "sd1" | "sd2" | "sdxl" (None until a hub download tells)
+    revision: str | None = None  # hub snapshot commit, when cached
+
+    @property
+    def name(self) -> str:
+        """A short display name (what A1111 calls `Model`)."""
+        if self.ref.startswith(PACKAGE_PREFIX):
+            return "dreamcli-demo"
+        return Path(self.location).stem if self.kind != "hub" else self.location
+
+
+def hub_offline() -> bool:
+    """True when the hub must not be contacted (HF_HUB_OFFLINE=1)."""
+    from huggingface_hub import is_offline_mode
+
+    return is_offline_mode()
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot folder of a hub repo that has a model_index.json in the HF cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "model_index.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def folder_family(folder: Path) -> str:
+    """Family of a diffusers folder from its pipeline class and UNet cross-attention width."""
+    index = json.loads((folder / "model_index.json").read_text())
+    if "XL" in index.get("_class_name", "") or "text_encoder_2" in index:
+        return "sdxl"
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+    except OSError:
+        return "sd1"
+    return "sd2" if unet.get("cross_attention_dim") == 1024 else "sd1"
+
+
+def resolve_model(ref: str, allow_unsafe_pickle: bool = False) -> ModelSource:
+    """Turn a model reference into a ModelSource, or raise an error saying what was tried.
+
+    Presets are expanded before this (config.merge_settings); here a reference is a packaged
+    path, a local folder or file, or a Hugging Face repo id (cache first, then the hub).
+    """
+    if ref.startswith(PACKAGE_PREFIX):
+        path = package_path(ref)
+        if not (path / "model_index.json").is_file():
+            raise DemoModelMissing(DEMO_MISSING)
+        return ModelSource(ref, "folder", str(path), folder_family(path))
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelNotFound(
+                f"folder {path} is not a diffusers model (no model_index.json): give the folder that "
+                "holds model_index.json, or a .safetensors checkpoint"
+            )
+        return ModelSource(ref, "folder", str(path.resolve()), folder_family(path))
+    if path.is_file():
+        family = check_single_file(path, allow_unsafe_pickle)
+        return ModelSource(ref, "file", str(path.resolve()), family)
+    if path.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) or not REPO_ID.match(ref):
+        raise ModelNotFound(
+            f"model {ref!r} not found: it is no preset (see `dream gen --preset`), no local file or "
+            "folder, and not a Hugging Face repo id (owner/name): check the path or name"
+        )
+    snapshot = cached_snapshot(ref)
+    if snapshot is not None:
+        return ModelSource(ref, "hub", ref, folder_family(snapshot), revision=snapshot.name)
+    if hub_offline():
+        raise ModelNotFound(
+            f"model {ref!r} not found: no preset or local path of that name, not in the Hugging Face "
+            "cache, and the hub is off (HF_HUB_OFFLINE=1): download it once online, or give a local "
+            ".safetensors file or diffusers folder"
+        )
+    return ModelSource(ref, "hub", ref, None)
+
+
+def pick_device(wanted: str) -> str:
+    """`auto` means cuda, then mps, then cpu."""
+    if wanted != "auto":
+        if wanted.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"device {wanted} is not available here: use --device cpu or auto")
+        if wanted == "mps" and not torch.backends.mps.is_available():
+            raise InputError("device mps is not available here: use --device cpu or auto")
+        return wanted
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(wanted: str, device: str) -> str:
+    """`auto` means fp16 on a GPU (half the memory, tensor cores) and fp32 on CPU (fp16 is slow there)."""
+    if wanted != "auto":
+        return wanted
+    return "fp32" if device == "cpu" else "fp16"
+
+
+@dataclass
+class LoadedModel:
+    """One loaded base pipeline plus what has been applied to it, shared by every task."""
+
+    source: ModelSource
+    pipe: object
+    device: str
+    dtype: str
+    offload: bool
+    scheduler_config: dict  # the model's own, so swapping schedulers never compounds
+    loras: tuple[LoraRef, ...] = ()
+    task_pipes: dict = field(default_factory=dict)
+    attention_slicing: bool = False
+    _hash: str | None = None
+
+    @property
+    def family(self) -> str:
+        """SD1/SD2/SDXL as read from the loaded pipeline."""
+        return self.source.family or ("sdxl" if hasattr(self.pipe, "text_encoder_2") else "sd1")
+
+    def model_hash(self) -> str:
+        """A1111-style short hash: the first 10 hex digits of the weights' SHA-256 (a commit for hub repos)."""
+        if self._hash is None:
+            self._hash = _model_hash(self.source)
+        return self._hash
+
+
+_CACHE: dict[tuple, LoadedModel] = {}
+
+
+def _model_hash(source: ModelSource) -> str:
+    if source.kind == "hub":
+        return (source.revision or "")[:10]
+    path = Path(source.location)
+    if source.kind == "folder":
+        weights = sorted((path / "unet").glob("diffusion_pytorch_model*.safetensors")) or sorted(
+            (path / "unet").glob("*")
+        )
+        if not weights:
+            return ""
+        path = weights[0]
+    return file_sha256(path, cache_dir() / "hashes.json")[:10]
+
+
+def _hub_error(source: ModelSource, error: Exception) -> ModelNotFound:
+    what = type(error).__name__
+    return ModelNotFound(
+        f"cannot get {source.location!r} from the Hugging Face hub ({what}) and it is not in the local "
+        "cache: check the repo id and your network, or give a local .safetensors file or diffusers folder"
+    )
+
+
+def _single_file_config(source: ModelSource, model_config: str | None) -> str:
+    """Component configs for a single-file checkpoint: the user's, the HF cache's, or the hub's."""
+    if model_config:
+        if Path(model_config).is_dir() or REPO_ID.match(model_config):
+            return str(Path(model_config).resolve()) if Path(model_config).is_dir() else model_config
+        raise InputError(f"--model-config {model_config} is neither a diffusers folder nor a repo id")
+    repo = FAMILY_CONFIG_REPOS[source.family]
+    snapshot = cached_snapshot(repo)
+    if snapshot is not None:
+        return str(snapshot)
+    if hub_offline():
+        raise ModelNotFound(
+            f"{Path(source.location).name} is a single-file {FAMILIES[source.family]} checkpoint; building "
+            f"its pipeline needs the component configs of {repo}, which are not in the Hugging Face cache "
+            "and the hub is off: run once online, or pass --model-config DIR (a diffusers folder of the "
+            "same family)"
+        )
+    return repo
+
+
+def _dtype_kwargs(torch_dtype) -> dict:
+    # diffusers renamed `torch_dtype` to `dtype` (0.36+) and warns on the old name.
+    from diffusers.pipelines import pipeline_utils
+
+    return {"dtype": torch_dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": torch_dtype}
+
+
+def _load_base_pipeline(source: ModelSource, options: ModelOptions, torch_dtype):
+    import diffusers
+    import transformers
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    if source.kind == "file":
+        cls = diffusers.StableDiffusionXLPipeline if source.family == "sdxl" else diffusers.StableDiffusionPipeline
+        config = _single_file_config(source, options.model_config)
+        kwargs = {"config": config, "local_files_only": Path(config).is_dir(), **_dtype_kwargs(torch_dtype)}
+        if source.family != "sdxl":
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        try:
+            return cls.from_single_file(source.location, **kwargs)
+        except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+            if isinstance(e, OSError) and not Path(config).is_dir():
+                raise _hub_error(source, e) from None
+            raise
+    location = source.location
+    kwargs = _dtype_kwargs(torch_dtype)
+    if source.kind == "hub" and source.revision is None:
+        pass  # not cached: from_pretrained downloads what the user named
+    elif source.kind == "hub":
+        location = str(cached_snapshot(source.location))
+    index = json.loads((Path(location) / "model_index.json").read_text()) if Path(location).is_dir() else {}
+    if "safety_checker" in index:
+        # Like A1111 and most local tools, no NSFW filter: it blacks out images and costs 1.2 GB.
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        return diffusers.AutoPipelineForText2Image.from_pretrained(location, **kwargs)
+    except (LocalEntryNotFoundError, HfHubHTTPError) as e:
+        raise _hub_error(source, e) from None
+    except OSError as e:
+        if source.kind == "hub" and source.revision is None:
+            raise _hub_error(source, e) from None
+        raise
+
+
+def load_model(options: ModelOptions) -> LoadedModel:
+    """Load (once per process) the base pipeline for these options, on its device and dtype."""
+    source = resolve_model(options.model, options.allow_unsafe_pickle)
+    device = pick_device(options.device)
+    dtype = pick_dtype(options.dtype, device)
+    offload = options.offload and device != "cpu"  # offloading to CPU from the CPU saves nothing
+    key = (source.kind, source.location, options.model_config, device, dtype, offload)
+    if key in _CACHE:
+        return _CACHE[key]
+    pipe = _load_base_pipeline(source, options, DTYPES[dtype])
+    pipe.set_progress_bar_config(disable=True)  # progress is ours, on stderr, via on_step
+    if offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    loaded = LoadedModel(source, pipe, device, dtype, offload, dict(pipe.scheduler.config))
+    if source.family is None:  # downloaded just now: read the family off the pipeline
+        loaded.source = ModelSource(source.ref, source.kind, source.location, loaded.family)
+    _CACHE[key] = loaded
+    return loaded
+
+
+def _lora_location(lora: LoraRef, allow_unsafe_pickle: bool) -> tuple[str, str | None]:
+    """(folder or repo id, weight file name) as diffusers' load_lora_weights wants them."""
+    path = Path(lora.path).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".safetensors" and not allow_unsafe_pickle:
+            raise LoraMismatch(
+                f"LoRA {path.name} is a pickle, which can run arbitrary code when loaded: use a "
+                ".safetensors file, or pass --allow-unsafe-pickle"
+            )
+        return str(path.parent), path.name
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        preferred = [f for f in files if f.name == "pytorch_lora_weights.safetensors"]
+        if not (preferred or files):
+            raise LoraMismatch(f"LoRA folder {path} holds no .safetensors file")
+        return str(path), (preferred or files)[0].name
+    if REPO_ID.match(lora.path) and not hub_offline():
+        return lora.path, None
+    raise LoraMismatch(f"LoRA {lora.path} not found: give a .safetensors file or a folder holding one")
+
+
+def apply_loras(loaded: LoadedModel, loras: tuple[LoraRef, ...], allow_unsafe_pickle: bool) -> None:
+    """Make exactly these LoRAs active (diffusers reads diffusers, kohya and A1111 formats)."""
+    if tuple(loras) == loaded.loras:
+        return
+    pipe = loaded.pipe
+    if loaded.loras:
+        pipe.unload_lora_weights()
+        loaded.loras = ()
+    names = []
+    try:
+        for i, lora in enumerate(loras):
+            location, weight_name = _lora_location(lora, allow_unsafe_pickle)
+            name = f"lora{i}"
+            try:
+                pipe.load_lora_weights(location, weight_name=weight_name, adapter_name=name)
+            except (ValueError, RuntimeError, KeyError) as e:
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+                # torch lists every bad tensor; the first "size mismatch" line says the most.
+                detail = next((ln for ln in lines if "size mismatch" in ln), lines[0])[:160]
+                raise LoraMismatch(
+                    f"LoRA {lora.path} does not fit model {loaded.source.name} "
+                    f"({FAMILIES.get(loaded.family, loaded.family)}): {detail}"
+                ) from None
+            loaded_names = {n for names_ in pipe.get_list_adapters().values() for n in names_}
+            if name not in loaded_names:
+                raise LoraMismatch(
+                    f"LoRA {lora.path} has no weights for the layers of model {loaded.source.name} "
+                    f"({FAMILIES.get(loaded.family, loaded.family)}): it was made for another model"
+                )
+            names.append(name)
+    except BaseException:
+        if names or pipe.get_list_adapters():
+            pipe.unload_lora_weights()
+        raise
+    if names:
+        pipe.set_adapters(names, adapter_weights=[lora.scale for lora in loras])
+    loaded.loras = tuple(loras)
+
+
+def make_scheduler(loaded: LoadedModel, name: str | None):
+    """A fresh scheduler: the friendly name's class on the model's own config, or the model's own."""
+    import diffusers
+
+    base = loaded.scheduler_config
+    if name is None:
+        return getattr(diffusers, base["_class_name"]).from_config(base)
+    spec = SCHEDULERS[name]
+    return getattr(diffusers, spec.class_name).from_config(base, **spec.overrides)
+
+
+def pipeline_for(task: str, options: ModelOptions):
+    """The pipeline for a task, built from the already-loaded weights (no second load).
+
+    Returns (pipeline, loaded model). Scheduler, LoRAs and memory options are applied on every call
+    because one process may serve requests with different settings.
+    """
+    import diffusers
+
+    loaded = load_model(options)
+    pipe = loaded.task_pipes.get(task)
+    if pipe is None:
+        if task == "text2img":
+            pipe = loaded.pipe
+        else:
+            pipe = getattr(diffusers, TASK_PIPELINES[task]).from_pipe(loaded.pipe)
+            pipe.set_progress_bar_config(disable=True)
+        loaded.task_pipes[task] = pipe
+    apply_loras(loaded, options.loras, options.allow_unsafe_pickle)
+    pipe.scheduler = make_scheduler(loaded, options.scheduler)
+    # Toggle only on change: each toggle rewrites attention processors / VAE state.
+    if options.vae_tiling != getattr(pipe.vae, "use_tiling", False):
+        pipe.vae.enable_tiling() if options.vae_tiling else pipe.vae.disable_tiling()
+    if options.attention_slicing != loaded.attention_slicing:
+        pipe.enable_attention_slicing() if options.attention_slicing else pipe.disable_attention_slicing()
+        loaded.attention_slicing = options.attention_slicing
+    return pipe, loaded
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (tests, long-running hosts)."""
+    _CACHE.clear()
