@@ -164,3 +164,123 @@ def gen_request_from(settings: dict, model: ModelOptions | None = None) -> GenRe
         if settings.get(key) is not None
     }
     return GenRequest(model=model or model_options_from(settings), **kwargs)
+
+
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+EXPORT_FORMATS = ("kohya",)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """DreamBooth-LoRA training: what to learn, from which model, how, and where to write it.
+
+    Field names follow diffusers' train_dreambooth_lora.py arguments. Prompts left empty become
+    `a photo of {token} {class_word}` and `a photo of {class_word}`.
+    """
+
+    instance_data_dir: str
+    class_word: str
+    model: str
+    output_dir: str
+    token: str = "sks"
+    model_config: str | None = None
+    allow_unsafe_pickle: bool = False
+    device: str = "auto"
+    instance_prompt: str = ""
+    class_prompt: str = ""
+    max_train_steps: int = 400
+    learning_rate: float = 1e-4
+    rank: int = 4
+    lora_alpha: float | None = None  # None: equal to rank, so the LoRA scale alpha/rank is 1
+    train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    resolution: int | None = None  # None: the model's native size
+    random_crop: bool = False  # random crop + horizontal flip instead of a centre crop
+    with_prior_preservation: bool = True
+    prior_loss_weight: float = 1.0
+    num_class_images: int = 100
+    class_data_dir: str | None = None
+    train_text_encoder: bool = False
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    use_8bit_adam: bool = False
+    checkpointing_steps: int = 100
+    resume: bool = False
+    overwrite: bool = False
+    validation_prompt: str = ""  # empty: the instance prompt
+    validation_steps: int = 0  # 0: validation images only at the end
+    num_validation_images: int = 2
+    class_steps: int = 30  # denoising steps for class images
+    class_guidance: float = 7.5
+    seed: int = 0
+    export: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.instance_data_dir:
+            raise InputError("no instance images: pass --images DIR (a folder of 3-20 photos of the subject)")
+        if not self.class_word.strip():
+            raise InputError("no class word: pass --class WORD (what the subject is, e.g. dog)")
+        if not self.token.strip() or any(ch.isspace() for ch in self.token):
+            raise InputError(f"token {self.token!r} must be one word without spaces (sks is usual)")
+        if not self.model:
+            raise InputError("no model given: pass -m/--model or --preset")
+        if not self.output_dir:
+            raise InputError("no output folder: pass -o/--outdir")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise InputError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
+        for name, value in (("steps", self.max_train_steps), ("batch-size", self.train_batch_size),
+                            ("grad-accum", self.gradient_accumulation_steps),
+                            ("checkpoint-every", self.checkpointing_steps)):
+            if value < 1:
+                raise InputError(f"{name} {value} is too small: use 1 or more")
+        if self.rank < 1:
+            raise InputError(f"rank {self.rank} is too small: use 1 or more (4-32 is usual)")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise InputError(f"alpha {self.lora_alpha:g} must be positive (the rank is usual)")
+        if not self.learning_rate > 0:
+            raise InputError(f"lr {self.learning_rate:g} must be positive (1e-4 is usual for LoRA)")
+        if self.prior_loss_weight < 0:
+            raise InputError(f"prior-weight {self.prior_loss_weight:g} is negative: use 0 or more (1 is usual)")
+        if self.with_prior_preservation and self.num_class_images < 1:
+            raise InputError(f"class-images {self.num_class_images} is too few: use 1 or more, or --no-prior")
+        if self.validation_steps < 0:
+            raise InputError(f"validation-every {self.validation_steps} is negative: use 0 (only at the end) or more")
+        if self.num_validation_images < 0:
+            raise InputError(f"validation-images {self.num_validation_images} is negative: use 0 or more")
+        if self.class_steps < 1:
+            raise InputError(f"class-steps {self.class_steps} is too few: use 1 or more")
+        check_size("resolution", self.resolution)
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise InputError(
+                f"unknown mixed precision {self.mixed_precision!r}: use one of {', '.join(MIXED_PRECISIONS)}"
+            )
+        for fmt in self.export:
+            if fmt not in EXPORT_FORMATS:
+                raise InputError(f"unknown export format {fmt!r}: use {', '.join(EXPORT_FORMATS)}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"seed {self.seed} is out of range: use 0 to {MAX_SEED}")
+        if self.resume and self.overwrite:
+            raise InputError("--resume and --overwrite contradict each other: pass one of them")
+
+    @property
+    def instance_text(self) -> str:
+        """The prompt the instance images are trained with."""
+        return self.instance_prompt or f"a photo of {self.token} {self.class_word}"
+
+    @property
+    def class_text(self) -> str:
+        """The prompt class images are generated and trained with."""
+        return self.class_prompt or f"a photo of {self.class_word}"
+
+    @property
+    def alpha(self) -> float:
+        """LoRA alpha (scale = alpha / rank)."""
+        return float(self.rank if self.lora_alpha is None else self.lora_alpha)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready fields, with the prompts as they are used."""
+        data = asdict(self)
+        data["export"] = list(self.export)
+        data["instance_prompt"], data["class_prompt"] = self.instance_text, self.class_text
+        data["lora_alpha"] = self.alpha
+        return data
