@@ -138,7 +138,8 @@ def test_process_tiles_identity_is_exact_and_constant_tiles_blend_smoothly():
     image = gradient(150, 110)
     out = tiles.process_tiles(image.copy(), (64, 64), 16, lambda tile, i: tile)
     assert np.array_equal(np.asarray(out), np.asarray(image))
-    # Each tile a flat grey of its own index: seams become ramps, never a jump bigger than one step.
+    # Each tile a flat grey of its own index (20 levels apart, rows 60 apart): seams become ramps
+    # across the 16+ shared pixels, never a jump much bigger than one ramp step.
     seen = []
 
     def flat(tile, index):
@@ -147,5 +148,5 @@ def test_process_tiles_identity_is_exact_and_constant_tiles_blend_smoothly():
 
     out = np.asarray(tiles.process_tiles(Image.new("RGB", (150, 110)), (64, 64), 16, flat), dtype=int)
     assert seen == list(range(len(seen))) and len(seen) == 6  # 3 columns x 2 rows
-    for axis in (0, 1):
-        assert np.abs(np.diff(out[..., 0], axis=axis)).max() <= 20 // 8 + 1
+    assert np.abs(np.diff(out[..., 0], axis=1)).max() <= 2
+    assert np.abs(np.diff(out[..., 0], axis=0)).max() <= 4
