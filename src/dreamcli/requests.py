@@ -284,3 +284,175 @@ class TuneConfig:
         data["instance_prompt"], data["class_prompt"] = self.instance_text, self.class_text
         data["lora_alpha"] = self.alpha
         return data
+
+
+# ---- image to image (inpaint, outpaint, colorize, upscale) ----
+
+# The largest output the image tasks write unless --max-pixels says otherwise: 4096 x 4096.
+MAX_PIXELS = 4096 * 4096
+UPSCALE_FACTORS = (2, 4)
+
+
+def _check_shared(request) -> None:
+    """Checks every image request shares with GenRequest (same flags, same messages)."""
+    if not isinstance(request.prompt, str):
+        raise InputError(f"prompt must be text, got {request.prompt!r}")
+    if request.image is None or request.image == "":
+        raise InputError("no image: give the picture to work on as the first argument")
+    if request.num_inference_steps < 1:
+        raise InputError(f"steps {request.num_inference_steps} is too few: use 1 or more")
+    if request.guidance_scale < 0:
+        raise InputError(f"guidance {request.guidance_scale:g} is negative: use 0 or more (7.5 is usual)")
+    if request.num_images < 1:
+        raise InputError(f"num-images {request.num_images} is too few: use 1 or more")
+    if not 0 < request.strength <= 1:
+        raise InputError(f"strength {request.strength:g} is out of range: use more than 0 and at most 1")
+    if request.seed is not None and not 0 <= request.seed <= MAX_SEED - request.num_images:
+        raise InputError(f"seed {request.seed} is out of range: use 0 to {MAX_SEED - request.num_images}")
+
+
+def _check_max_pixels(request) -> None:
+    if request.max_pixels < 64:
+        raise InputError(f"max-pixels {request.max_pixels} is too small: use at least 64 (8x8)")
+
+
+def image_request_dict(request) -> dict:
+    """Plain JSON-ready fields of an image request (an in-memory input image is recorded as such)."""
+    data = asdict(request)
+    data["model"]["loras"] = [str(LoraRef(**lora)) for lora in data["model"]["loras"]]
+    for key in ("image", "mask"):
+        if key in data and not isinstance(data[key], str):
+            data[key] = "<in-memory image>"
+    return data
+
+
+@dataclass(frozen=True)
+class InpaintRequest:
+    """Repaint the masked part of a picture; `image` and `mask` are paths or PIL images."""
+
+    image: object
+    mask: object
+    prompt: str
+    model: ModelOptions
+    negative_prompt: str = ""
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
+    strength: float = 1.0  # 1: the masked area is drawn from pure noise
+    mask_blur: float = 4.0  # pixels of feathering around the mask's edge
+    invert_mask: bool = False
+    width: int | None = None  # the size the model works at; None: the picture's shape at the model's area
+    height: int | None = None
+    num_images: int = 1
+    seed: int | None = None
+
+    def __post_init__(self):
+        _check_shared(self)
+        if self.mask is None or self.mask == "":
+            raise InputError("no mask: pass --mask MASK (white or opaque marks the area to repaint)")
+        if self.mask_blur < 0:
+            raise InputError(f"mask-blur {self.mask_blur:g} is negative: use 0 (hard edge) or more")
+        check_size("width", self.width)
+        check_size("height", self.height)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready fields (what the image metadata stores)."""
+        return image_request_dict(self)
+
+
+@dataclass(frozen=True)
+class OutpaintRequest:
+    """Extend a picture beyond its borders by the given margins (pixels, rounded up to 8)."""
+
+    image: object
+    prompt: str
+    model: ModelOptions
+    left: int = 0
+    right: int = 0
+    top: int = 0
+    bottom: int = 0
+    negative_prompt: str = ""
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
+    strength: float = 1.0
+    num_images: int = 1
+    seed: int | None = None
+    max_pixels: int = MAX_PIXELS
+
+    def __post_init__(self):
+        _check_shared(self)
+        _check_max_pixels(self)
+        from dreamcli.imageops.canvas import Margins
+
+        Margins.checked(self.left, self.right, self.top, self.bottom)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready fields (what the image metadata stores)."""
+        return image_request_dict(self)
+
+
+@dataclass(frozen=True)
+class ColorizeRequest:
+    """Colour a grey or sepia picture: chroma from the model, luma kept from the input."""
+
+    image: object
+    model: ModelOptions
+    prompt: str = ""
+    color_prompt: str = "a colorful photo"  # what asks the model for colour; the user's prompt comes first
+    negative_prompt: str = ""
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
+    strength: float = 0.75  # enough to repaint colour, little enough to keep the shapes
+    controlnet_conditioning_scale: float = 1.0  # used only when the preset names a ControlNet
+    width: int | None = None
+    height: int | None = None
+    num_images: int = 1
+    seed: int | None = None
+
+    def __post_init__(self):
+        _check_shared(self)
+        check_size("width", self.width)
+        check_size("height", self.height)
+
+    @property
+    def full_prompt(self) -> str:
+        """The prompt the model gets: the user's words, then the colour request."""
+        return ", ".join(p for p in (self.prompt.strip(), self.color_prompt.strip()) if p)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready fields (what the image metadata stores)."""
+        return image_request_dict(self)
+
+
+@dataclass(frozen=True)
+class UpscaleRequest:
+    """Enlarge a picture 2x or 4x, adding detail with the model."""
+
+    image: object
+    model: ModelOptions
+    prompt: str = ""
+    scale: int = 4
+    negative_prompt: str = ""
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
+    strength: float = 0.3  # tiled path: low, so tiles add detail without inventing new objects
+    tile: int | None = None  # tiled path: tile side in pixels; None: the model's native size
+    overlap: int | None = None  # tiled path: pixels neighbouring tiles share; None: a quarter tile
+    noise_level: int = 20  # x4 upscaler only: noise added to the low-res input (diffusers' default)
+    num_images: int = 1
+    seed: int | None = None
+    max_pixels: int = MAX_PIXELS
+
+    def __post_init__(self):
+        _check_shared(self)
+        _check_max_pixels(self)
+        if self.scale not in UPSCALE_FACTORS:
+            raise InputError(f"scale {self.scale} is not supported: use --scale 2 or --scale 4")
+        check_size("tile", self.tile)
+        if self.overlap is not None and not 0 <= self.overlap < (self.tile or 64):
+            raise InputError(f"overlap {self.overlap} must be at least 0 and less than the tile size")
+        if not 0 <= self.noise_level <= 350:
+            raise InputError(f"noise-level {self.noise_level} is out of range: use 0 to 350 (20 is usual)")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready fields (what the image metadata stores)."""
+        return image_request_dict(self)
