@@ -85,6 +85,12 @@ def iter_generate(request: GenRequest, on_step: StepCallback | None = None) -> I
             on_step(step + 1, steps)
         return callback_kwargs
 
+    # The SD pipeline drops a lone width or height back to the default, so fill the other here.
+    native = pipe.unet.config.sample_size
+    native_h, native_w = native if isinstance(native, (list, tuple)) else (native, native)
+    width = request.width or native_w * pipe.vae_scale_factor
+    height = request.height or native_h * pipe.vae_scale_factor
+
     for index in range(request.num_images):
         seed = base_seed + index
         image = pipe(
@@ -92,8 +98,8 @@ def iter_generate(request: GenRequest, on_step: StepCallback | None = None) -> I
             negative_prompt=request.negative_prompt or None,
             num_inference_steps=steps,
             guidance_scale=request.guidance_scale,
-            width=request.width,
-            height=request.height,
+            width=width,
+            height=height,
             generator=torch.Generator("cpu").manual_seed(seed),
             callback_on_step_end=step_end,
         ).images[0]
