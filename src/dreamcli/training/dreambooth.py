@@ -1,0 +1,361 @@
+"""DreamBooth with LoRA and prior preservation, as one top-to-bottom function driven by accelerate."""
+
+from __future__ import annotations
+
+import math
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dreamcli import __version__
+from dreamcli.requests import ModelOptions, TuneConfig
+from dreamcli.training import rundir
+from dreamcli.training.class_images import cache_folder, class_image_path, make_class_images
+from dreamcli.training.data import DreamBoothDataset, collate
+from dreamcli.training.inputs import TuneInputs, check_inputs, run_record
+from dreamcli.training.lora import add_adapters, export_kohya, load_lora, save_lora
+from dreamcli.training.loss import diffusion_target, dreambooth_loss
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SMOOTHING = 0.9  # loss shown on the progress bar: exponential average, single steps are noisy
+
+
+@dataclass
+class TuneResult:
+    """What a run wrote (paths are None on the non-main processes of a multi-process run)."""
+
+    outdir: Path
+    weights: Path | None
+    steps: int
+    exports: list[Path] = field(default_factory=list)
+    validation_images: list[Path] = field(default_factory=list)
+    is_main_process: bool = True
+    steps_per_second: float = 0.0
+    peak_rss_mb: float = 0.0
+    final_loss: float | None = None
+
+
+class TrainingProgress:
+    """The optimisation step, saved in every checkpoint by accelerate (register_for_checkpointing)."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB (Linux reports KiB, macOS bytes)."""
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None, on_note=None) -> TuneResult:
+    """Teach a model the subject in `config.instance_data_dir` and write a LoRA into `config.output_dir`.
+
+    `on_progress(stage, done, total, **info)` reports class-image generation and training steps,
+    `on_note(text)` warnings; both are called on the main process only. Ctrl-C (KeyboardInterrupt)
+    saves a checkpoint and is raised again; `config.resume` continues from the newest checkpoint.
+    Raises InputError on bad input before anything is written.
+    """
+    from dreamcli.engine import _load_base_pipeline, _model_hash, pick_device  # first: it quiets library logs
+
+    from accelerate import Accelerator  # isort: skip
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from diffusers import DDPMScheduler
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+
+    # ---- 1. Check inputs, start accelerate, load the base model ----
+    inputs = inputs or check_inputs(config)
+    outdir = Path(config.output_dir).expanduser()
+    accelerator = Accelerator(
+        cpu=pick_device(config.device) == "cpu",  # also makes torchrun CPU processes join over gloo
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        # Seeded shuffling per epoch, so a resumed run sees the batches an uninterrupted one would.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    main = accelerator.is_main_process
+    note = (on_note if main and on_note else lambda text: None)
+    progress_cb = (on_progress if main and on_progress else lambda *a, **k: None)
+    try:
+        set_seed(config.seed, device_specific=True)  # each process draws its own noise
+        options = ModelOptions(config.model, config.model_config, allow_unsafe_pickle=config.allow_unsafe_pickle)
+        pipe = _load_base_pipeline(inputs.source, options, torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(accelerator.device)
+        unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
+        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        resolution = inputs.resolution
+        model_id = f"{inputs.source.kind}:{inputs.source.location}:{_model_hash(inputs.source)}"
+
+        if main:
+            if inputs.start_over:
+                rundir.remove_previous_run(outdir)
+            outdir.mkdir(parents=True, exist_ok=True)
+            if inputs.resume_from is not None:
+                rundir.truncate_loss_log(outdir, inputs.resume_step)
+            record = {
+                **run_record(config), "model_id": model_id, "resolution": resolution,
+                "num_processes": accelerator.num_processes, "status": "running", "versions": _versions(),
+            }
+            rundir.write_json_atomic(outdir / rundir.CONFIG_NAME, record)
+
+        # ---- 2. Class images: the user's, topped up by the base model (main process; cached) ----
+        class_paths: list[Path] = []
+        if config.with_prior_preservation:
+            class_paths = list(inputs.class_images)[: config.num_class_images]
+            missing = config.num_class_images - len(class_paths)
+            if missing > 0:
+                folder = cache_folder(model_id, config.class_text, resolution)
+                if main:
+                    make_class_images(
+                        pipe, folder, missing, config.class_text, resolution, config.class_steps,
+                        config.class_guidance, {"model": model_id}, progress_cb,
+                    )
+                accelerator.wait_for_everyone()
+                class_paths += [class_image_path(folder, i) for i in range(missing)]
+
+        # ---- 3. Dataset: images at the training resolution; latents cached when nothing varies ----
+        weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
+        vae.requires_grad_(False)
+        dataset = DreamBoothDataset(inputs.instance_images, class_paths, resolution, config.random_crop)
+        if weight_dtype != torch.float32:  # frozen weights in the compute dtype: half the memory
+            vae.to(dtype=weight_dtype)
+        if not config.random_crop:
+            with accelerator.autocast():
+                dataset.cache_latents(vae, accelerator.device, weight_dtype)
+        dataloader = torch.utils.data.DataLoader(
+            dataset, batch_size=config.train_batch_size, shuffle=True, collate_fn=collate, num_workers=0
+        )
+        prompt_ids = {
+            kind: tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids.to(accelerator.device)
+            for kind, text in (("instance", config.instance_text), ("class", config.class_text))
+        }
+
+        # ---- 4. LoRA adapters on the attention projections; frozen weights in the compute dtype ----
+        params = add_adapters(unet, text_encoder, config.rank, config.alpha, config.train_text_encoder)
+        if weight_dtype != torch.float32:
+            for model in (unet, text_encoder):
+                model.to(dtype=weight_dtype)
+        trained = [unet, text_encoder] if config.train_text_encoder else [unet]
+        cast_training_params(trained, dtype=torch.float32)  # adapters train in fp32 under mixed precision
+        if config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+            if config.train_text_encoder:
+                text_encoder.gradient_checkpointing_enable()
+        text_states = None
+        if not config.train_text_encoder:
+            with torch.no_grad():  # two fixed prompts: encode once instead of every step
+                text_states = {k: text_encoder(ids)[0] for k, ids in prompt_ids.items()}
+
+        if config.use_8bit_adam:
+            import bitsandbytes as bnb
+
+            optimizer_class = bnb.optim.AdamW8bit
+        else:
+            optimizer_class = torch.optim.AdamW
+        optimizer = optimizer_class(params, lr=config.learning_rate, weight_decay=1e-2)
+        lr_scheduler = get_scheduler("constant", optimizer=optimizer)
+        prepared = accelerator.prepare(*trained, optimizer, dataloader, lr_scheduler)
+        trained_wrapped = prepared[: len(trained)]
+        optimizer, dataloader, lr_scheduler = prepared[len(trained):]
+        unet_wrapped = trained_wrapped[0]
+
+        # ---- 5. Checkpoints hold the LoRA (diffusers format), optimizer, scheduler, RNG and step ----
+        progress = TrainingProgress()
+        accelerator.register_for_checkpointing(progress)
+
+        def save_hook(models, weights, folder):
+            while weights:
+                weights.pop()  # the frozen base weights are not ours to save: only the adapters
+            if accelerator.is_main_process:
+                save_lora(Path(folder), unet, text_encoder if config.train_text_encoder else None)
+
+        def load_hook(models, folder):
+            models.clear()
+            load_lora(Path(folder), unet, text_encoder if config.train_text_encoder else None)
+            cast_training_params(trained, dtype=torch.float32)
+
+        accelerator.register_save_state_pre_hook(save_hook)
+        accelerator.register_load_state_pre_hook(load_hook)
+
+        def save_checkpoint(step: int, everyone: bool = True) -> None:
+            final = rundir.checkpoint_dir(outdir, step)
+            tmp = final.with_name(final.name + ".tmp")
+            if everyone:
+                if main:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                accelerator.wait_for_everyone()
+            if everyone or main:
+                accelerator.save_state(str(tmp))
+            if everyone:
+                accelerator.wait_for_everyone()
+            if main:
+                shutil.rmtree(final, ignore_errors=True)
+                tmp.replace(final)  # a checkpoint appears only once complete
+                rundir.prune_checkpoints(outdir)
+
+        if inputs.resume_from is not None:
+            accelerator.load_state(str(inputs.resume_from))
+            note(f"resumed from {inputs.resume_from} at step {progress.step}")
+
+        # ---- 6. The loop: denoise noisy latents; MSE(instance) + prior weight x MSE(class) ----
+        steps_per_epoch = math.ceil(len(dataloader) / config.gradient_accumulation_steps)
+        step, first_step = progress.step, progress.step
+        epoch = step // steps_per_epoch
+        skip_batches = (step % steps_per_epoch) * config.gradient_accumulation_steps
+        smoothed, last_loss, validation_images = None, None, []
+        started = time.perf_counter()
+        for model in trained_wrapped:
+            model.train()
+        try:
+            progress_cb("training", step, config.max_train_steps)
+            while step < config.max_train_steps:
+                dataloader.set_epoch(epoch)
+                batches = accelerator.skip_first_batches(dataloader, skip_batches) if skip_batches else dataloader
+                for batch in batches:
+                    with accelerator.accumulate(*trained_wrapped):
+                        inputs_ = batch["inputs"].to(accelerator.device, dtype=weight_dtype)
+                        with torch.no_grad():
+                            if dataset.cached is not None:
+                                latents = DiagonalGaussianDistribution(inputs_).sample()
+                            else:
+                                latents = vae.encode(inputs_).latent_dist.sample()
+                            latents = latents * vae.config.scaling_factor
+                        noise = torch.randn_like(latents)
+                        timesteps = torch.randint(
+                            0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+                        )
+                        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                        n = batch["num_instance"]
+                        if text_states is not None:
+                            states = [text_states["instance"]] * n + [text_states["class"]] * (latents.shape[0] - n)
+                            encoder_states = torch.cat(states)
+                        else:
+                            ids = torch.cat([prompt_ids["instance"]] * n + [prompt_ids["class"]] * (latents.shape[0] - n))
+                            encoder_states = trained_wrapped[1](ids)[0]
+                        with accelerator.autocast():
+                            pred = unet_wrapped(noisy, timesteps, encoder_states).sample
+                        target = diffusion_target(noise_scheduler, latents, noise, timesteps)
+                        parts = dreambooth_loss(pred, target, config.prior_loss_weight, config.with_prior_preservation)
+                        accelerator.backward(parts.total)
+                        if accelerator.sync_gradients:
+                            accelerator.clip_grad_norm_(params, 1.0)
+                        optimizer.step()
+                        lr_scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    if not accelerator.sync_gradients:
+                        continue
+                    step += 1
+                    progress.step = step
+                    losses = accelerator.reduce(torch.stack([parts.total, parts.instance, parts.prior]).detach(), "mean")
+                    last_loss = float(losses[0])
+                    smoothed = last_loss if smoothed is None else SMOOTHING * smoothed + (1 - SMOOTHING) * last_loss
+                    if main:
+                        rundir.append_loss(outdir, {
+                            "step": step, "loss": round(last_loss, 6), "instance_loss": round(float(losses[1]), 6),
+                            "prior_loss": round(float(losses[2]), 6), "lr": lr_scheduler.get_last_lr()[0],
+                            "seconds": round(time.perf_counter() - started, 2),
+                        })
+                    progress_cb("training", step, config.max_train_steps, loss=smoothed)
+                    if step % config.checkpointing_steps == 0 and step < config.max_train_steps:
+                        save_checkpoint(step)
+                    if main and config.validation_steps and step % config.validation_steps == 0:
+                        validation_images += _validate(pipe, config, outdir, step, resolution, accelerator, trained_wrapped)
+                    if step >= config.max_train_steps:
+                        break
+                epoch, skip_batches = epoch + 1, 0
+        except KeyboardInterrupt:
+            if step > first_step:
+                save_checkpoint(step, everyone=False)  # the others may be stopped anywhere: no barrier
+            if main:
+                _finish_record(outdir, status="interrupted", step=step)
+            raise
+        elapsed = time.perf_counter() - started
+        rate = (step - first_step) / elapsed if elapsed > 0 else 0.0
+
+        # ---- 7. Save: the LoRA in diffusers format, exports, validation images, the run record ----
+        save_checkpoint(step)  # so `--resume --steps MORE` continues from exactly here
+        result = TuneResult(outdir, None, step, is_main_process=main, steps_per_second=rate,
+                            peak_rss_mb=peak_rss_mb(), final_loss=last_loss)
+        if main:
+            te = text_encoder if config.train_text_encoder else None
+            result.weights = save_lora(outdir, unet, te, rundir.WEIGHTS_NAME)
+            if "kohya" in config.export:
+                result.exports.append(export_kohya(outdir / f"{outdir.name}_kohya.safetensors", unet, te, config.alpha))
+            if config.num_validation_images:
+                validation_images += _validate(pipe, config, outdir, step, resolution, accelerator, trained_wrapped)
+            result.validation_images = validation_images
+            _finish_record(
+                outdir, status="finished", step=step, steps_per_second=round(rate, 4),
+                peak_rss_mb=round(result.peak_rss_mb, 1), final_loss=last_loss,
+            )
+        accelerator.wait_for_everyone()
+        return result
+    finally:
+        accelerator.end_training()
+        _reset_accelerate()
+
+
+def _validate(pipe, config: TuneConfig, outdir: Path, step: int, resolution: int, accelerator, trained) -> list[Path]:
+    """Images of the validation prompt with the adapters as they are now (fixed seeds, so steps compare)."""
+    prompt = config.validation_prompt or config.instance_text
+    folder = outdir / rundir.VALIDATION
+    folder.mkdir(parents=True, exist_ok=True)
+    for model in trained:
+        model.eval()
+    generators = [torch.Generator("cpu").manual_seed(config.seed + i) for i in range(config.num_validation_images)]
+    with torch.no_grad(), accelerator.autocast():
+        images = pipe(
+            [prompt] * len(generators), height=resolution, width=resolution, num_inference_steps=config.class_steps,
+            guidance_scale=config.class_guidance, generator=generators,
+        ).images
+    for model in trained:
+        model.train()
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / f"step-{step:06d}-{i}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def _finish_record(outdir: Path, **fields) -> None:
+    record = rundir.read_config(outdir) or {}
+    record.update(fields)
+    rundir.write_json_atomic(outdir / rundir.CONFIG_NAME, record)
+
+
+def _versions() -> dict:
+    import accelerate
+    import diffusers
+    import peft
+    import transformers
+
+    return {
+        "dreamcli": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__,
+    }
+
+
+def _reset_accelerate() -> None:
+    """Forget accelerate's per-process settings, so a later run in this process may use others
+    (the process group, if any, stays)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()

@@ -1,0 +1,51 @@
+"""Training images: EXIF rotation, RGB conversion, resize and crop to the training resolution."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+
+def load_training_image(path: Path) -> Image.Image:
+    """Open an image upright (EXIF orientation applied) as RGB; transparency becomes white."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            # Transparent pixels hold arbitrary colours; white is what a viewer shows behind them.
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+
+
+def fit(image: Image.Image, resolution: int, rng: random.Random | None = None) -> Image.Image:
+    """Resize the short side to `resolution` and crop a square: centred, or random (with a coin-flip
+    mirror) when an rng is given."""
+    w, h = image.size
+    scale = resolution / min(w, h)
+    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+    image = image.resize(size, Image.Resampling.BICUBIC)
+    w, h = image.size
+    if rng is None:
+        left, top = (w - resolution) // 2, (h - resolution) // 2
+    else:
+        left, top = rng.randint(0, w - resolution), rng.randint(0, h - resolution)
+    image = image.crop((left, top, left + resolution, top + resolution))
+    if rng is not None and rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image as a CHW float tensor in [-1, 1], the VAE's input range."""
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def training_tensor(path: Path, resolution: int, rng: random.Random | None = None) -> torch.Tensor:
+    """One training image, ready for the VAE."""
+    return to_tensor(fit(load_training_image(path), resolution, rng))
