@@ -9,6 +9,7 @@ import typer
 from dreamcli import __version__
 from dreamcli.cli.gen import gen
 from dreamcli.cli.info import info
+from dreamcli.cli.tune import tune
 
 app = typer.Typer(
     name="dream",
@@ -36,6 +37,8 @@ def root(
 
 app.command("gen")(gen)
 app.command("info")(info)
+app.command("tune")(tune)
+app.command("dreambooth-tune", help="Alias of `dream tune`.")(tune)
 
 
 def main() -> None:

@@ -1,0 +1,234 @@
+"""`dream tune` (alias `dreambooth-tune`): teach a model a subject from a few photos (DreamBooth + LoRA)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.text import Text
+
+from dreamcli.cli import common
+from dreamcli.cli.common import console, emit, hint, user_errors
+from dreamcli.config import merge_settings
+from dreamcli.errors import InputError
+from dreamcli.requests import TuneConfig
+
+TRAINING = "Training"
+PRIOR = "Prior preservation"
+RUN = "Checkpoints and validation"
+
+# Flag name -> TuneConfig field; the same short names work in a preset's or config's [tune] table.
+FLAG_TO_FIELD = {
+    "images": "instance_data_dir", "class_word": "class_word", "token": "token", "outdir": "output_dir",
+    "prompt": "instance_prompt", "class_prompt": "class_prompt", "steps": "max_train_steps",
+    "lr": "learning_rate", "rank": "rank", "alpha": "lora_alpha", "batch_size": "train_batch_size",
+    "grad_accum": "gradient_accumulation_steps", "resolution": "resolution", "random_crop": "random_crop",
+    "prior": "with_prior_preservation", "prior_weight": "prior_loss_weight", "class_images": "num_class_images",
+    "class_dir": "class_data_dir", "train_text_encoder": "train_text_encoder",
+    "mixed_precision": "mixed_precision", "gradient_checkpointing": "gradient_checkpointing",
+    "use_8bit_adam": "use_8bit_adam", "checkpoint_every": "checkpointing_steps", "resume": "resume",
+    "overwrite": "overwrite", "validation_prompt": "validation_prompt", "validation_every": "validation_steps",
+    "validation_images": "num_validation_images", "seed": "seed", "export": "export",
+}
+
+
+def tune_config_from(flags: dict, model_flags: dict) -> TuneConfig:
+    """Merge flags over the preset's and user config's `[tune]` tables and build a validated TuneConfig."""
+    settings, _ = merge_settings(model_flags)
+    table = settings.get("tune") or {}
+    if not isinstance(table, dict):
+        raise InputError("the [tune] setting must be a table of tune flags (steps = 400, rank = 4, ...)")
+    unknown = sorted(set(table) - set(FLAG_TO_FIELD))
+    if unknown:
+        raise InputError(f"unknown key {unknown[0]!r} in a [tune] table: use one of {', '.join(sorted(FLAG_TO_FIELD))}")
+    merged = {**table, **{k: v for k, v in flags.items() if v is not None}}
+    if merged.get("export"):
+        merged["export"] = tuple(merged["export"]) if not isinstance(merged["export"], str) else (merged["export"],)
+    if not merged.get("outdir") and merged.get("class_word"):
+        merged["outdir"] = f"tune-{merged.get('token') or 'sks'}-{merged['class_word']}".replace(" ", "-")
+    kwargs = {FLAG_TO_FIELD[k]: v for k, v in merged.items() if k in FLAG_TO_FIELD}
+    return TuneConfig(
+        model=settings.get("model") or "",
+        model_config=settings.get("model_config"),
+        allow_unsafe_pickle=bool(settings.get("allow_unsafe_pickle")),
+        device=settings.get("device") or "auto",
+        # Class and validation images use the model's usual sampling settings.
+        class_steps=int(settings.get("steps") or 30),
+        class_guidance=float(settings.get("guidance") or 7.5),
+        **{"instance_data_dir": "", "class_word": "", "output_dir": "", **kwargs},
+    )
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+        console=console, transient=True,
+    )
+
+
+def run_tune(config: TuneConfig, as_json: bool, quiet: bool) -> int:
+    """Check inputs, train with a progress bar on stderr, print the written weights on stdout."""
+    from dreamcli.training import check_inputs, rundir
+    from dreamcli.training import tune as train
+
+    inputs = check_inputs(config)
+    for warning in inputs.warnings:
+        if not quiet:
+            console.print(Text("warning: " + warning, style="yellow"), soft_wrap=True)
+    hint(
+        f"teaching {config.instance_text!r} from {len(inputs.instance_images)} image(s) at {inputs.resolution}px"
+        + (f", prior: {config.class_text!r}" if config.with_prior_preservation else ", no prior preservation"),
+        quiet,
+    )
+    progress = _progress()
+    tasks: dict[str, int] = {}
+
+    def on_progress(stage: str, done: int, total: int, **info) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=total, completed=done, loss="", rate="")
+        task = progress.tasks[tasks[stage]]
+        fields = {}
+        if "loss" in info:
+            fields["loss"] = f"loss {info['loss']:.4f}"
+        if task.speed:
+            fields["rate"] = f"{task.speed:.2f} it/s"
+        progress.update(tasks[stage], completed=done, total=total, **fields)
+
+    try:
+        with progress if not quiet else _nothing():
+            result = train(config, inputs, on_progress=on_progress, on_note=lambda text: hint(text, quiet))
+    except KeyboardInterrupt:
+        found = rundir.checkpoints(Path(config.output_dir).expanduser())
+        where = f"checkpoint at step {found[-1][0]} saved" if found else "no checkpoint yet"
+        hint(f"interrupted: {where}; continue with the same command plus --resume")
+        return common.INTERRUPTED
+    if not result.is_main_process:
+        return 0
+    hint(
+        f"{result.steps} steps at {result.steps_per_second:.2f} steps/s, peak memory {result.peak_rss_mb:.0f} MiB; "
+        f"use it: dream gen --lora {result.outdir} \"{config.validation_prompt or config.instance_text}\"",
+        quiet,
+    )
+    if as_json:
+        emit(json.dumps({
+            "weights": str(result.weights), "outdir": str(result.outdir), "steps": result.steps,
+            "exports": [str(p) for p in result.exports], "validation_images": [str(p) for p in result.validation_images],
+            "final_loss": result.final_loss, "steps_per_second": result.steps_per_second,
+            "peak_rss_mb": result.peak_rss_mb,
+        }))
+    else:
+        for path in [result.weights, *result.exports]:
+            emit(str(path))
+    return 0
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def tune(
+    images: Annotated[Optional[str], typer.Option(
+        "--images", help="Folder with 3-20 photos of the subject.", show_default=False)] = None,
+    class_word: Annotated[Optional[str], typer.Option(
+        "--class", help="What the subject is (dog, person, mug): the prior to keep.", show_default=False)] = None,
+    token: Annotated[Optional[str], typer.Option("--token", help="Rare word bound to the subject (default: sks).")] = None,
+    model: common.Model = None,
+    preset: common.Preset = None,
+    model_config: common.ModelConfig = None,
+    outdir: common.Outdir = None,
+    prompt: Annotated[Optional[str], typer.Option(
+        "--prompt", help="Instance prompt (default: a photo of {token} {class}).")] = None,
+    class_prompt: Annotated[Optional[str], typer.Option(
+        "--class-prompt", help="Class prompt (default: a photo of {class}).", rich_help_panel=PRIOR)] = None,
+    steps: Annotated[Optional[int], typer.Option(
+        "--steps", help="Optimisation steps (default: 400).", rich_help_panel=TRAINING)] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        "--lr", help="Learning rate (default: 1e-4).", rich_help_panel=TRAINING)] = None,
+    rank: Annotated[Optional[int], typer.Option(
+        "--rank", help="LoRA rank (default: 4).", rich_help_panel=TRAINING)] = None,
+    alpha: Annotated[Optional[float], typer.Option(
+        "--alpha", help="LoRA alpha; scale = alpha/rank (default: rank).", rich_help_panel=TRAINING)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", help="Instance images per step per process (default: 1).", rich_help_panel=TRAINING)] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(
+        "--grad-accum", help="Batches accumulated per step (default: 1).", rich_help_panel=TRAINING)] = None,
+    resolution: Annotated[Optional[int], typer.Option(
+        "--resolution", help="Training size in px (default: the model's).", rich_help_panel=TRAINING)] = None,
+    random_crop: Annotated[Optional[bool], typer.Option(
+        "--random-crop/--center-crop", help="Random crop + flip instead of a centre crop.",
+        rich_help_panel=TRAINING, show_default=False)] = None,
+    train_text_encoder: Annotated[Optional[bool], typer.Option(
+        "--train-text-encoder", help="Also put LoRA adapters on the text encoder.", rich_help_panel=TRAINING)] = None,
+    mixed_precision: Annotated[Optional[str], typer.Option(
+        "--mixed-precision", help="no | fp16 | bf16 (default: no).", rich_help_panel=TRAINING)] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option(
+        "--gradient-checkpointing", help="Recompute activations: less memory, ~30% slower.",
+        rich_help_panel=TRAINING)] = None,
+    use_8bit_adam: Annotated[Optional[bool], typer.Option(
+        "--8bit-adam", help="8-bit AdamW (needs bitsandbytes).", rich_help_panel=TRAINING)] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        "-s", "--seed", help="Seed for adapter init, noise and shuffling (default: 0).", rich_help_panel=TRAINING)] = None,
+    prior: Annotated[Optional[bool], typer.Option(
+        "--prior/--no-prior", help="Prior-preservation loss on class images (default: on).",
+        rich_help_panel=PRIOR, show_default=False)] = None,
+    prior_weight: Annotated[Optional[float], typer.Option(
+        "--prior-weight", help="Weight of the class loss (default: 1).", rich_help_panel=PRIOR)] = None,
+    class_images: Annotated[Optional[int], typer.Option(
+        "--class-images", help="Class images to use (default: 100).", rich_help_panel=PRIOR)] = None,
+    class_dir: Annotated[Optional[str], typer.Option(
+        "--class-dir", help="Your own class images (topped up by the model if too few).",
+        rich_help_panel=PRIOR)] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(
+        "--checkpoint-every", help="Checkpoint every N steps (default: 100).", rich_help_panel=RUN)] = None,
+    resume: Annotated[Optional[bool], typer.Option(
+        "--resume", help="Continue the run in OUTDIR from its newest checkpoint.", rich_help_panel=RUN)] = None,
+    overwrite: Annotated[Optional[bool], typer.Option(
+        "--overwrite", help="Replace a previous run in OUTDIR.", rich_help_panel=RUN)] = None,
+    validation_prompt: Annotated[Optional[str], typer.Option(
+        "--validation-prompt", help="Prompt for validation images (default: the instance prompt).",
+        rich_help_panel=RUN)] = None,
+    validation_every: Annotated[Optional[int], typer.Option(
+        "--validation-every", help="Validation images every N steps (0: at the end only).",
+        rich_help_panel=RUN)] = None,
+    validation_images: Annotated[Optional[int], typer.Option(
+        "--validation-images", help="Validation images each time (default: 2).", rich_help_panel=RUN)] = None,
+    export: Annotated[Optional[list[str]], typer.Option(
+        "--export", help="Also write another format: kohya (A1111, ComfyUI).", rich_help_panel="Output")] = None,
+    device: common.Device = None,
+    allow_unsafe_pickle: common.AllowUnsafePickle = None,
+    json_out: common.Json = False,
+    quiet: common.Quiet = False,
+) -> None:
+    """Teach a model a new subject from a few photos (DreamBooth with LoRA and prior preservation)."""
+    flags = {
+        "images": images, "class_word": class_word, "token": token, "outdir": outdir, "prompt": prompt,
+        "class_prompt": class_prompt, "steps": steps, "lr": lr, "rank": rank, "alpha": alpha,
+        "batch_size": batch_size, "grad_accum": grad_accum, "resolution": resolution, "random_crop": random_crop,
+        "prior": prior, "prior_weight": prior_weight, "class_images": class_images, "class_dir": class_dir,
+        "train_text_encoder": train_text_encoder, "mixed_precision": mixed_precision,
+        "gradient_checkpointing": gradient_checkpointing, "use_8bit_adam": use_8bit_adam,
+        "checkpoint_every": checkpoint_every, "resume": resume, "overwrite": overwrite,
+        "validation_prompt": validation_prompt, "validation_every": validation_every,
+        "validation_images": validation_images, "seed": seed, "export": export or None,
+    }
+    model_flags = {
+        "model": model, "preset": preset, "model_config": model_config, "device": device,
+        "allow_unsafe_pickle": allow_unsafe_pickle,
+    }
+    # Under torchrun / accelerate launch only the first process talks; the others train silently.
+    quiet = quiet or os.environ.get("RANK", "0") != "0"
+    with user_errors():
+        config = tune_config_from(flags, model_flags)
+        code = run_tune(config, json_out, quiet)
+    if code:
+        raise typer.Exit(code)
