@@ -307,6 +307,12 @@ def _check_shared(request) -> None:
         raise InputError(f"num-images {request.num_images} is too few: use 1 or more")
     if not 0 < request.strength <= 1:
         raise InputError(f"strength {request.strength:g} is out of range: use more than 0 and at most 1")
+    if int(request.num_inference_steps * request.strength) < 1:
+        # diffusers runs steps x strength denoising steps: fewer than one would return the input.
+        raise InputError(
+            f"steps {request.num_inference_steps} x strength {request.strength:g} is less than one denoising "
+            "step: raise --steps or --strength"
+        )
     if request.seed is not None and not 0 <= request.seed <= MAX_SEED - request.num_images:
         raise InputError(f"seed {request.seed} is out of range: use 0 to {MAX_SEED - request.num_images}")
 
@@ -373,7 +379,8 @@ class OutpaintRequest:
     negative_prompt: str = ""
     num_inference_steps: int = 30
     guidance_scale: float = 7.5
-    strength: float = 1.0
+    # Below 1 so that the stretched-edge pre-fill still guides the new area's colours.
+    strength: float = 0.85
     num_images: int = 1
     seed: int | None = None
     max_pixels: int = MAX_PIXELS
@@ -402,7 +409,8 @@ class ColorizeRequest:
     num_inference_steps: int = 30
     guidance_scale: float = 7.5
     strength: float = 0.75  # enough to repaint colour, little enough to keep the shapes
-    controlnet_conditioning_scale: float = 1.0  # used only when the preset names a ControlNet
+    controlnet: str | None = None  # a ControlNet (folder or repo id) fed the grey picture, when the preset names one
+    controlnet_conditioning_scale: float = 1.0
     width: int | None = None
     height: int | None = None
     num_images: int = 1

@@ -1,0 +1,107 @@
+"""Colour a grey or sepia picture: colorize() and its streaming form iter_colorize()."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from PIL import Image
+
+from dreamcli.imageops.color import recolor
+from dreamcli.requests import ColorizeRequest
+from dreamcli.tasks.image_common import (
+    ImageResult,
+    StepCallback,
+    StepCounter,
+    base_seed,
+    cpu_generator,
+    denoise_steps,
+    make_image_record,
+    native_size,
+    open_input,
+    work_size,
+)
+
+_CONTROLNETS: dict[tuple, object] = {}
+
+
+def controlnet_pipeline(request: ColorizeRequest):
+    """diffusers' ControlNet img2img pipeline over the already-loaded weights, plus the ControlNet.
+
+    The ControlNet (e.g. a brightness/recolour one) is loaded once per process and device; the
+    base model's weights are shared through from_pipe, not loaded again.
+    """
+    import diffusers
+
+    from dreamcli.engine import DTYPES, _dtype_kwargs, pipeline_for
+
+    base, loaded = pipeline_for("img2img", request.model)
+    key = (request.controlnet, loaded.device, loaded.dtype)
+    if key not in _CONTROLNETS:
+        from dreamcli.errors import ModelNotFound
+
+        try:
+            net = diffusers.ControlNetModel.from_pretrained(request.controlnet, **_dtype_kwargs(DTYPES[loaded.dtype]))
+        except OSError as e:
+            raise ModelNotFound(
+                f"ControlNet {request.controlnet!r} cannot be loaded ({type(e).__name__}): give a diffusers "
+                "ControlNet folder or a cached repo id, or use a preset without `controlnet`"
+            ) from None
+        _CONTROLNETS[key] = net.to(loaded.device)
+    pipe = diffusers.AutoPipelineForImage2Image.from_pipe(loaded.pipe, controlnet=_CONTROLNETS[key])
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = base.scheduler  # the request's scheduler, as pipeline_for set it
+    return pipe, loaded
+
+
+def propose_colour(pipe, grey: Image.Image, size: tuple[int, int], request: ColorizeRequest, seed: int,
+                   callback) -> Image.Image:
+    """The model's coloured version of the grey picture (img2img with the colour prompt), at `size`."""
+    kwargs = {}
+    control = grey.resize(size, Image.Resampling.LANCZOS)
+    if request.controlnet:
+        kwargs = {"control_image": control,
+                  "controlnet_conditioning_scale": request.controlnet_conditioning_scale}
+    return pipe(
+        prompt=request.full_prompt,
+        negative_prompt=request.negative_prompt or None,
+        image=control,
+        strength=request.strength,
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        generator=cpu_generator(seed),
+        callback_on_step_end=callback,
+        **kwargs,
+    ).images[0]
+
+
+def iter_colorize(request: ColorizeRequest, on_step: StepCallback | None = None) -> Iterator[ImageResult]:
+    """Yield coloured pictures one by one (image i uses seed + i).
+
+    The model sees the picture's luma as a grey RGB image (a sepia tint is dropped, so it does not
+    steer the colours) and proposes colour; the output takes its chroma and keeps the input's luma
+    to rounding, at the input's full size.
+    """
+    from dreamcli.engine import pipeline_for
+
+    source = open_input(request.image)
+    luma = source.convert("L") if source.mode != "L" else source
+    grey = luma.convert("RGB")
+    if request.controlnet:
+        pipe, loaded = controlnet_pipeline(request)
+    else:
+        pipe, loaded = pipeline_for("img2img", request.model)
+    size = work_size(grey.size, native_size(pipe), request.width, request.height)
+    first = base_seed(request.seed)
+    for index in range(request.num_images):
+        seed = first + index
+        counter = StepCounter(on_step, 1, denoise_steps(request.num_inference_steps, request.strength))
+        proposal = propose_colour(pipe, grey, size, request, seed, counter)
+        image = recolor(luma, proposal)
+        record = make_image_record("colorize", request, loaded, pipe, seed, index, image,
+                                   {"work_size": list(size), "prompt_used": request.full_prompt})
+        yield ImageResult(image, seed, index, record)
+
+
+def colorize(request: ColorizeRequest, on_step: StepCallback | None = None) -> list[ImageResult]:
+    """Colour `request.image`; see iter_colorize."""
+    return list(iter_colorize(request, on_step))

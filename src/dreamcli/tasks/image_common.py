@@ -1,0 +1,170 @@
+"""What the image-to-image tasks share: input loading, working sizes, seeds, progress and records."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from PIL import Image
+
+from dreamcli.errors import InputError
+
+StepCallback = Callable[[int, int], None]  # (steps done, total steps) for the current image
+
+
+@dataclass
+class ImageResult:
+    """One output picture, its seed, the record that reproduces it, and notes for the user."""
+
+    image: Image.Image
+    seed: int
+    index: int
+    record: dict
+    notes: list[str] = field(default_factory=list)  # e.g. "the mask was resized": the CLI shows them
+
+
+def open_input(source, what: str = "image") -> Image.Image:
+    """A path or PIL image, opened with errors that name the file and say what is wrong."""
+    from dreamcli.io.images import open_image
+
+    if isinstance(source, Image.Image):
+        source.load()
+        return source
+    if isinstance(source, (str, Path)):
+        try:
+            return open_image(source)
+        except InputError as e:
+            if what == "image":
+                raise
+            text = str(e)
+            text = what + text[len("image"):] if text.startswith("image ") else f"{what}: {text}"
+            raise InputError(text) from None
+    raise InputError(f"{what} must be a file path or a PIL image, got {type(source).__name__}")
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """RGB for the model: grey, palette and CMYK converted; transparency laid on white, not black."""
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image.convert("RGB")
+
+
+def source_name(source) -> str:
+    """A short name of the input for output file names ("image" for an in-memory picture)."""
+    return Path(source).stem if isinstance(source, (str, Path)) else "image"
+
+
+def native_size(pipe) -> int:
+    """The side in pixels the model was trained at (UNet sample size x VAE scale)."""
+    sample = pipe.unet.config.sample_size
+    sample = sample[0] if isinstance(sample, (list, tuple)) else sample
+    return int(sample) * int(pipe.vae_scale_factor)
+
+
+def round8(value: float) -> int:
+    """The nearest multiple of 8, at least 8 (the VAE works on 8-pixel blocks)."""
+    return max(8, int(round(value / 8)) * 8)
+
+
+def work_size(size: tuple[int, int], native: int, width: int | None = None, height: int | None = None):
+    """The (width, height) the model draws at: the picture's shape at the model's native area.
+
+    A model draws best near the area it was trained at, whatever the input's resolution; an explicit
+    width or height wins (one alone keeps the picture's aspect).
+    """
+    w, h = size
+    if width and height:
+        return width, height
+    if width:
+        return width, round8(width * h / w)
+    if height:
+        return round8(height * w / h), height
+    scale = math.sqrt(native * native / (w * h))
+    return round8(w * scale), round8(h * scale)
+
+
+def check_output_size(size: tuple[int, int], max_pixels: int) -> None:
+    """Refuse an output over the pixel limit, naming the flag that raises it."""
+    w, h = size
+    if w * h > max_pixels:
+        raise InputError(
+            f"the output would be {w}x{h} ({w * h / 1e6:.1f} MP), over the limit of {max_pixels / 1e6:.1f} MP: "
+            f"pass --max-pixels {w * h} (or more) to allow it"
+        )
+
+
+def base_seed(seed: int | None) -> int:
+    """The request's seed, or a fresh random one (recorded in every output)."""
+    from dreamcli.tasks.generate import random_seed
+
+    return seed if seed is not None else random_seed()
+
+
+def cpu_generator(seed: int):
+    """Noise from a CPU generator: the same seed gives the same picture on any device."""
+    import torch
+
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def sub_seed(seed: int, part: int) -> int:
+    """A distinct, reproducible seed for one pass or tile of an image (not seed + i: that is image i+1)."""
+    return (seed * 1_000_003 + part * 7919 + 1) % (2**63 - 1)
+
+
+class StepCounter:
+    """Progress over all the model calls (passes, tiles) that make one image."""
+
+    def __init__(self, on_step: StepCallback | None, calls: int, steps_per_call: int):
+        self.on_step, self.done, self.total = on_step, 0, max(1, calls * steps_per_call)
+
+    def __call__(self, _pipe, _step, _timestep, callback_kwargs):
+        """diffusers' callback_on_step_end."""
+        self.done = min(self.done + 1, self.total)
+        if self.on_step is not None:
+            self.on_step(self.done, self.total)
+        return callback_kwargs
+
+
+def denoise_steps(steps: int, strength: float) -> int:
+    """How many steps diffusers runs for an image-to-image call (steps x strength, rounded down)."""
+    return max(1, min(steps, int(steps * strength)))
+
+
+def make_image_record(task: str, request, loaded, pipe, seed: int, index: int, image, extra: dict | None = None):
+    """The metadata that reproduces one output: its own request (seed, count 1), the model, versions.
+
+    Same keys as `dream gen` records (so `dream info` and A1111 readers work), plus the task.
+    """
+    from dreamcli.schedulers import a1111_sampler_name
+    from dreamcli.tasks.generate import versions
+
+    own = replace(request, seed=seed, num_images=1)
+    scheduler_class = pipe.scheduler.__class__.__name__
+    record = {
+        "task": task,
+        "request": own.to_dict(),
+        "seed": seed,
+        "index": index,
+        "width": image.width,
+        "height": image.height,
+        "model": request.model.model,
+        "model_name": loaded.source.name,
+        "model_path": loaded.source.location,
+        "model_hash": loaded.model_hash(),
+        "family": loaded.family,
+        "scheduler": request.model.scheduler or scheduler_class,
+        "sampler": a1111_sampler_name(request.model.scheduler, scheduler_class),
+        "device": loaded.device,
+        "dtype": loaded.dtype,
+        "versions": versions(),
+    }
+    record.update(extra or {})
+    return record
