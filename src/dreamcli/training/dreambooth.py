@@ -156,7 +156,9 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
             if config.train_text_encoder:
-                text_encoder.gradient_checkpointing_enable()
+                # transformers 5 renamed it; older releases only have the first name.
+                enable = getattr(text_encoder, "activation_checkpointing_enable", None)
+                (enable or text_encoder.gradient_checkpointing_enable)()
         text_states = None
         if not config.train_text_encoder:
             with torch.no_grad():  # two fixed prompts: encode once instead of every step
