@@ -46,7 +46,8 @@ def read_config(outdir: Path) -> dict | None:
 def identity_difference(old: dict, new: dict) -> str | None:
     """The first training setting that differs between two runs' configs, as `name old -> new`."""
     old_settings, new_settings = old.get("settings", {}), new.get("settings", {})
-    for key in sorted(set(old_settings) | set(new_settings)):
+    # In the new config's field order, so the setting the user named comes before those it implies.
+    for key in list(new_settings) + sorted(set(old_settings) - set(new_settings)):
         if key in NOT_IDENTITY:
             continue
         if old_settings.get(key) != new_settings.get(key):

@@ -1,0 +1,144 @@
+"""dream tune from the command line: bad input is one clear line, exit 2, and nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from test_tune import subject_images
+
+
+@pytest.fixture
+def tune_cli(cli, tiny, tmp_path):
+    """`dream tune` on the tiny SD1 model into tmp_path/run; returns (result, outdir)."""
+    outdir = tmp_path / "run"
+
+    def run(*args, images=None):
+        images = images if images is not None else subject_images(tmp_path / "subject")
+        result = cli("tune", "-m", tiny["sd1"], "--images", images, "--class", "shape", "-o", outdir,
+                     "--device", "cpu", *args)
+        return result, outdir
+
+    return run
+
+
+def one_error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("--rank", "0"), "rank 0 is too small"),
+        (("--lr", "0"), "lr 0 must be positive"),
+        (("--lr", "-1e-4"), "lr -0.0001 must be positive"),
+        (("--steps", "0"), "steps 0 is too small"),
+        (("--alpha", "0"), "alpha 0 must be positive"),
+        (("--resolution", "100"), "resolution 100 is not a multiple of 8"),
+        (("--mixed-precision", "fp8"), "unknown mixed precision 'fp8'"),
+        (("--mixed-precision", "fp16"), "fp16 needs a GPU"),
+        (("--export", "ckpt"), "unknown export format 'ckpt'"),
+        (("--token", "two words"), "one word without spaces"),
+        (("--resume", "--overwrite"), "contradict"),
+        (("--resume",), "--resume: no checkpoint"),
+        (("--8bit-adam",), "bitsandbytes"),
+    ],
+)
+def test_bad_values_exit_2_and_write_nothing(tune_cli, args, words):
+    if words == "bitsandbytes" and _has_bnb():
+        pytest.skip("bitsandbytes is installed here")
+    result, outdir = tune_cli(*args)
+    assert result.exit_code == 2
+    assert words in one_error_line(result)
+    assert not outdir.exists()
+
+
+def _has_bnb() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_missing_empty_and_unreadable_image_folders(tune_cli, tmp_path):
+    result, outdir = tune_cli(images=tmp_path / "nowhere")
+    assert result.exit_code == 2 and "does not exist" in one_error_line(result)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result, _ = tune_cli(images=empty)
+    assert result.exit_code == 2 and "is empty" in one_error_line(result)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("not a picture")
+    (junk / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    result, _ = tune_cli(images=junk)
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "no readable images" in line and "broken.png" in line and "notes.txt" in line
+    assert not outdir.exists()
+
+
+def test_class_dir_with_unreadable_files_is_refused(tune_cli, tmp_path):
+    own = tmp_path / "class"
+    own.mkdir()
+    Image.new("RGB", (32, 32)).save(own / "good.png")
+    (own / "bad.jpg").write_bytes(b"nope")
+    result, outdir = tune_cli("--class-dir", own)
+    assert result.exit_code == 2 and "bad.jpg" in one_error_line(result)
+    assert not outdir.exists()
+
+
+def test_sdxl_is_refused_clearly(cli, tiny, tmp_path):
+    result = cli("tune", "-m", tiny["sdxl"], "--images", subject_images(tmp_path / "s"), "--class", "shape",
+                 "-o", tmp_path / "run")
+    assert result.exit_code == 2 and "SD1/SD2" in one_error_line(result)
+
+
+def test_warnings_for_few_and_small_images_do_not_stop(tiny, tmp_path):
+    from dreamcli.requests import TuneConfig
+    from dreamcli.training import check_inputs
+
+    folder = subject_images(tmp_path / "two", count=2, size=24)
+    (folder / "readme.txt").write_text("captions")
+    inputs = check_inputs(TuneConfig(str(folder), "shape", str(tiny["sd1"]), str(tmp_path / "run")))
+    text = "\n".join(inputs.warnings)
+    assert "only 2 instance image(s)" in text
+    assert "smaller than the training resolution 32px" in text and "subject-0.png 24x24" in text
+    assert "readme.txt" in text  # skipped, and said so
+    assert len(inputs.instance_images) == 2
+
+
+def test_cli_run_then_refuse_a_different_run_then_resume_and_overwrite(tune_cli):
+    args = ("--steps", "2", "--class-images", "1", "--checkpoint-every", "1", "--validation-images", "0", "-q")
+    result, outdir = tune_cli(*args)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [str(outdir / "pytorch_lora_weights.safetensors")]
+
+    again, _ = tune_cli(*args)
+    assert again.exit_code == 2 and "already holds this run" in one_error_line(again)
+    other, _ = tune_cli(*args, "--rank", "8")
+    assert other.exit_code == 2 and "already holds a different run" in one_error_line(other)
+    changed, _ = tune_cli(*args[:1], "4", *args[2:], "--rank", "8", "--resume")
+    assert changed.exit_code == 2 and "rank 4 -> 8" in one_error_line(changed)
+
+    more, _ = tune_cli("--steps", "3", *args[2:], "--resume", "--json")
+    assert more.exit_code == 0, more.stderr
+    assert json.loads(more.stdout)["steps"] == 3
+    log = [json.loads(line)["step"] for line in (outdir / "loss_log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3]
+
+    fresh, _ = tune_cli(*args, "--rank", "8", "--overwrite")
+    assert fresh.exit_code == 0, fresh.stderr
+    record = json.loads((outdir / "tune_config.json").read_text())
+    assert record["settings"]["rank"] == 8 and record["step"] == 2
+    assert [p.name for p in sorted((outdir / "checkpoints").iterdir())] == ["step-000001", "step-000002"]
+
+
+def test_alias_and_help(cli):
+    result = cli("dreambooth-tune", "--help")
+    assert result.exit_code == 0 and "--prior-weight" in result.stdout and "--export" in result.stdout
