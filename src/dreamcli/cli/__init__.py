@@ -7,8 +7,12 @@ from typing import Annotated, Optional
 import typer
 
 from dreamcli import __version__
+from dreamcli.cli.colorize import colorize
 from dreamcli.cli.gen import gen
 from dreamcli.cli.info import info
+from dreamcli.cli.inpaint import inpaint
+from dreamcli.cli.outpaint import outpaint
+from dreamcli.cli.upscale import upscale
 from dreamcli.cli.tune import tune
 
 app = typer.Typer(
@@ -37,6 +41,10 @@ def root(
 
 app.command("gen")(gen)
 app.command("info")(info)
+app.command("inpaint")(inpaint)
+app.command("outpaint")(outpaint)
+app.command("colorize")(colorize)
+app.command("upscale")(upscale)
 app.command("tune")(tune)
 app.command("dreambooth-tune", help="Alias of `dream tune`.")(tune)
 

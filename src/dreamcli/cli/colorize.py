@@ -1,0 +1,74 @@
+"""`dream colorize`: colour a grey or sepia picture, keeping its brightness."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from dreamcli.cli import common
+from dreamcli.cli.common import user_errors
+from dreamcli.cli.image_common import (
+    ImageArg,
+    Strength,
+    build_request,
+    output_target,
+    run_task,
+    shared_flags,
+    slug_text,
+    task_settings,
+)
+
+
+def colorize(
+    image: ImageArg,
+    prompt: Annotated[str, typer.Argument(help="What the picture shows, with colours if you know them.")] = "",
+    color_prompt: Annotated[Optional[str], typer.Option(
+        "--color-prompt", help="Words that ask for colour, after PROMPT (default: 'a colorful photo').")] = None,
+    strength: Strength = None,
+    model: common.Model = None,
+    preset: common.Preset = None,
+    model_config: common.ModelConfig = None,
+    num_images: common.NumImages = None,
+    seed: common.Seed = None,
+    steps: common.Steps = None,
+    guidance: common.Guidance = None,
+    negative: common.Negative = None,
+    width: Annotated[Optional[int], typer.Option(
+        "-W", "--width", help="Width the model works at (default: the picture's shape at the model's size).")] = None,
+    height: Annotated[Optional[int], typer.Option(
+        "-H", "--height", help="Height the model works at (multiple of 8).")] = None,
+    scheduler: common.Scheduler = None,
+    lora: common.Lora = None,
+    outdir: common.Outdir = None,
+    format: common.Format = None,
+    device: common.Device = None,
+    dtype: common.Dtype = None,
+    offload: common.Offload = None,
+    vae_tiling: common.VaeTiling = None,
+    attention_slicing: common.AttentionSlicing = None,
+    allow_unsafe_pickle: common.AllowUnsafePickle = None,
+    json_out: common.Json = False,
+    quiet: common.Quiet = False,
+) -> None:
+    """Colour a grey or sepia IMAGE: colour from the model, brightness kept from the input."""
+    from dreamcli.requests import ColorizeRequest
+    from dreamcli.tasks.colorize import iter_colorize
+
+    flags = shared_flags(
+        model=model, preset=preset, model_config=model_config, num_images=num_images, seed=seed, steps=steps,
+        guidance=guidance, negative=negative, scheduler=scheduler, lora=lora, outdir=outdir, format=format,
+        device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling, attention_slicing=attention_slicing,
+        allow_unsafe_pickle=allow_unsafe_pickle,
+    )
+    with user_errors():
+        settings, used_preset = task_settings(flags)
+        request = build_request(
+            ColorizeRequest, settings, image=image, prompt=prompt, color_prompt=color_prompt, strength=strength,
+            controlnet=settings.get("controlnet"), width=width, height=height,
+        )
+        target, fmt = output_target(settings)
+        code = run_task(iter_colorize, request, target, fmt, used_preset, json_out, quiet,
+                        slug_text(prompt, "colorize", image))
+    if code:
+        raise typer.Exit(code)

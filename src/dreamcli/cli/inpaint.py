@@ -1,0 +1,77 @@
+"""`dream inpaint`: repaint the masked part of a picture."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from dreamcli.cli import common
+from dreamcli.cli.common import user_errors
+from dreamcli.cli.image_common import (
+    ImageArg,
+    Strength,
+    build_request,
+    output_target,
+    run_task,
+    shared_flags,
+    slug_text,
+    task_settings,
+)
+
+
+def inpaint(
+    image: ImageArg,
+    prompt: Annotated[str, typer.Argument(help="What to paint in the masked area.")] = "",
+    mask: Annotated[Optional[str], typer.Option(
+        "--mask", help="White (or opaque) marks the area to repaint; any image mode.")] = None,
+    mask_blur: Annotated[Optional[float], typer.Option(
+        "--mask-blur", help="Feather the mask's edge by this many pixels (default 4).")] = None,
+    invert_mask: Annotated[bool, typer.Option("--invert-mask", help="Repaint the black area instead.")] = False,
+    strength: Strength = None,
+    model: common.Model = None,
+    preset: common.Preset = None,
+    model_config: common.ModelConfig = None,
+    num_images: common.NumImages = None,
+    seed: common.Seed = None,
+    steps: common.Steps = None,
+    guidance: common.Guidance = None,
+    negative: common.Negative = None,
+    width: Annotated[Optional[int], typer.Option(
+        "-W", "--width", help="Width the model works at (default: the picture's shape at the model's size).")] = None,
+    height: Annotated[Optional[int], typer.Option(
+        "-H", "--height", help="Height the model works at (multiple of 8).")] = None,
+    scheduler: common.Scheduler = None,
+    lora: common.Lora = None,
+    outdir: common.Outdir = None,
+    format: common.Format = None,
+    device: common.Device = None,
+    dtype: common.Dtype = None,
+    offload: common.Offload = None,
+    vae_tiling: common.VaeTiling = None,
+    attention_slicing: common.AttentionSlicing = None,
+    allow_unsafe_pickle: common.AllowUnsafePickle = None,
+    json_out: common.Json = False,
+    quiet: common.Quiet = False,
+) -> None:
+    """Repaint the masked area of IMAGE from PROMPT; everything outside the mask is kept exactly."""
+    from dreamcli.requests import InpaintRequest
+    from dreamcli.tasks.inpaint import iter_inpaint
+
+    flags = shared_flags(
+        model=model, preset=preset, model_config=model_config, num_images=num_images, seed=seed, steps=steps,
+        guidance=guidance, negative=negative, scheduler=scheduler, lora=lora, outdir=outdir, format=format,
+        device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling, attention_slicing=attention_slicing,
+        allow_unsafe_pickle=allow_unsafe_pickle,
+    )
+    with user_errors():
+        settings, used_preset = task_settings(flags, "inpaint_model")
+        request = build_request(
+            InpaintRequest, settings, image=image, mask=mask or "", prompt=prompt, mask_blur=mask_blur,
+            invert_mask=invert_mask, strength=strength, width=width, height=height,
+        )
+        target, fmt = output_target(settings)
+        code = run_task(iter_inpaint, request, target, fmt, used_preset, json_out, quiet,
+                        slug_text(prompt, "inpaint", image))
+    if code:
+        raise typer.Exit(code)

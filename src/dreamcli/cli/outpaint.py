@@ -1,0 +1,82 @@
+"""`dream outpaint`: extend a picture beyond its borders."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from dreamcli.cli import common
+from dreamcli.cli.common import user_errors
+from dreamcli.cli.image_common import (
+    MAX_PIXELS,
+    ImageArg,
+    MaxPixels,
+    Strength,
+    build_request,
+    output_target,
+    run_task,
+    shared_flags,
+    slug_text,
+    task_settings,
+)
+
+
+def _margin(name: str, what: str):
+    return Annotated[Optional[int], typer.Option(f"--{name}", help=f"Pixels to add {what} (rounded up to 8).")]
+
+
+def outpaint(
+    image: ImageArg,
+    prompt: Annotated[str, typer.Argument(help="What the wider picture shows.")] = "",
+    left: _margin("left", "on the left") = None,
+    right: _margin("right", "on the right") = None,
+    top: _margin("top", "at the top") = None,
+    bottom: _margin("bottom", "at the bottom") = None,
+    all_sides: Annotated[Optional[int], typer.Option(
+        "--all", help="Pixels to add on every side (a side's own flag wins).")] = None,
+    strength: Strength = None,
+    max_pixels: MaxPixels = MAX_PIXELS,
+    model: common.Model = None,
+    preset: common.Preset = None,
+    model_config: common.ModelConfig = None,
+    num_images: common.NumImages = None,
+    seed: common.Seed = None,
+    steps: common.Steps = None,
+    guidance: common.Guidance = None,
+    negative: common.Negative = None,
+    scheduler: common.Scheduler = None,
+    lora: common.Lora = None,
+    outdir: common.Outdir = None,
+    format: common.Format = None,
+    device: common.Device = None,
+    dtype: common.Dtype = None,
+    offload: common.Offload = None,
+    vae_tiling: common.VaeTiling = None,
+    attention_slicing: common.AttentionSlicing = None,
+    allow_unsafe_pickle: common.AllowUnsafePickle = None,
+    json_out: common.Json = False,
+    quiet: common.Quiet = False,
+) -> None:
+    """Extend IMAGE by the given margins; the original pixels are kept exactly."""
+    from dreamcli.requests import OutpaintRequest
+    from dreamcli.tasks.outpaint import iter_outpaint
+
+    flags = shared_flags(
+        model=model, preset=preset, model_config=model_config, num_images=num_images, seed=seed, steps=steps,
+        guidance=guidance, negative=negative, scheduler=scheduler, lora=lora, outdir=outdir, format=format,
+        device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling, attention_slicing=attention_slicing,
+        allow_unsafe_pickle=allow_unsafe_pickle,
+    )
+    sides = {name: value if value is not None else (all_sides or 0)
+             for name, value in (("left", left), ("right", right), ("top", top), ("bottom", bottom))}
+    with user_errors():
+        settings, used_preset = task_settings(flags, "inpaint_model")
+        request = build_request(
+            OutpaintRequest, settings, image=image, prompt=prompt, strength=strength, max_pixels=max_pixels, **sides,
+        )
+        target, fmt = output_target(settings)
+        code = run_task(iter_outpaint, request, target, fmt, used_preset, json_out, quiet,
+                        slug_text(prompt, "outpaint", image))
+    if code:
+        raise typer.Exit(code)

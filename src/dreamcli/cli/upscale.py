@@ -1,0 +1,78 @@
+"""`dream upscale`: enlarge a picture 2x or 4x with added detail."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from dreamcli.cli import common
+from dreamcli.cli.common import user_errors
+from dreamcli.cli.image_common import (
+    MAX_PIXELS,
+    ImageArg,
+    MaxPixels,
+    Strength,
+    build_request,
+    output_target,
+    run_task,
+    shared_flags,
+    slug_text,
+    task_settings,
+)
+
+
+def upscale(
+    image: ImageArg,
+    prompt: Annotated[str, typer.Argument(help="What the picture shows (optional; guides new detail).")] = "",
+    scale: Annotated[int, typer.Option("--scale", help="Enlargement: 2 or 4.")] = 4,
+    tile: Annotated[Optional[int], typer.Option(
+        "--tile", help="Tile side in pixels (default: the model's size); memory follows the tile.")] = None,
+    overlap: Annotated[Optional[int], typer.Option(
+        "--overlap", help="Pixels neighbouring tiles share (default: a quarter tile).")] = None,
+    noise_level: Annotated[Optional[int], typer.Option(
+        "--noise-level", help="x4 upscaler only: noise added to the input (default 20).")] = None,
+    strength: Strength = None,
+    max_pixels: MaxPixels = MAX_PIXELS,
+    model: common.Model = None,
+    preset: common.Preset = None,
+    model_config: common.ModelConfig = None,
+    num_images: common.NumImages = None,
+    seed: common.Seed = None,
+    steps: common.Steps = None,
+    guidance: common.Guidance = None,
+    negative: common.Negative = None,
+    scheduler: common.Scheduler = None,
+    lora: common.Lora = None,
+    outdir: common.Outdir = None,
+    format: common.Format = None,
+    device: common.Device = None,
+    dtype: common.Dtype = None,
+    offload: common.Offload = None,
+    vae_tiling: common.VaeTiling = None,
+    attention_slicing: common.AttentionSlicing = None,
+    allow_unsafe_pickle: common.AllowUnsafePickle = None,
+    json_out: common.Json = False,
+    quiet: common.Quiet = False,
+) -> None:
+    """Enlarge IMAGE by --scale; an x4-upscaler preset uses it, any other model a tiled upscaler."""
+    from dreamcli.requests import UpscaleRequest
+    from dreamcli.tasks.upscale import iter_upscale
+
+    flags = shared_flags(
+        model=model, preset=preset, model_config=model_config, num_images=num_images, seed=seed, steps=steps,
+        guidance=guidance, negative=negative, scheduler=scheduler, lora=lora, outdir=outdir, format=format,
+        device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling, attention_slicing=attention_slicing,
+        allow_unsafe_pickle=allow_unsafe_pickle,
+    )
+    with user_errors():
+        settings, used_preset = task_settings(flags, "upscale_model")
+        request = build_request(
+            UpscaleRequest, settings, image=image, prompt=prompt, scale=scale, tile=tile, overlap=overlap,
+            noise_level=noise_level, strength=strength, max_pixels=max_pixels,
+        )
+        target, fmt = output_target(settings)
+        code = run_task(iter_upscale, request, target, fmt, used_preset, json_out, quiet,
+                        slug_text(prompt, f"upscale x{scale}", image))
+    if code:
+        raise typer.Exit(code)
