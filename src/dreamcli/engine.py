@@ -121,7 +121,34 @@ def resolve_model(ref: str, allow_unsafe_pickle: bool = False) -> ModelSource:
             "cache, and the hub is off (HF_HUB_OFFLINE=1): download it once online, or give a local "
             ".safetensors file or diffusers folder"
         )
+    _probe_hub(ref)
     return ModelSource(ref, "hub", ref, None)
+
+
+def _probe_hub(repo_id: str) -> None:
+    """Ask the hub about a repo once, so a typo or a dead network fails fast with a clear line.
+
+    Without this, the first download retries for half a minute and ends in a generic OSError.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # its retry chatter is not for our stderr
+    try:
+        HfApi().model_info(repo_id, timeout=10)
+    except GatedRepoError:
+        raise ModelNotFound(
+            f"model {repo_id!r} is gated on the Hugging Face hub: accept its licence on its page, then "
+            "log in with `hf auth login`"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelNotFound(
+            f"model {repo_id!r} not found: no preset or local path of that name, not in the Hugging Face "
+            "cache, and no such repo on the hub (or it is private: log in with `hf auth login`)"
+        ) from None
+    except Exception as e:  # connection refused, DNS, timeouts, proxies: all mean "unreachable"
+        raise _hub_error(ModelSource(repo_id, "hub", repo_id, None), e) from None
 
 
 def pick_device(wanted: str) -> str:
@@ -193,7 +220,7 @@ def _model_hash(source: ModelSource) -> str:
 def _hub_error(source: ModelSource, error: Exception) -> ModelNotFound:
     what = type(error).__name__
     return ModelNotFound(
-        f"cannot get {source.location!r} from the Hugging Face hub ({what}) and it is not in the local "
+        f"cannot get {source.location!r} from the Hugging Face hub ({what}: is it reachable?) and it is not in the local "
         "cache: check the repo id and your network, or give a local .safetensors file or diffusers folder"
     )
 

@@ -117,6 +117,7 @@ def run_plan(plan: GenPlan, as_json: bool, quiet: bool) -> int:
     """Load the model once, generate every request, write each image as soon as it exists."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from dreamcli.checkpoints import FAMILIES
     from dreamcli.engine import load_model
     from dreamcli.io.metadata import save_options
     from dreamcli.io.outputs import ensure_outdir, save_atomic
@@ -128,7 +129,7 @@ def run_plan(plan: GenPlan, as_json: bool, quiet: bool) -> int:
     if first.model.startswith("package:"):
         hint(DEMO_HINT, quiet)
     hint(
-        f"model {loaded.source.name} ({loaded.family}) on {loaded.device}, {loaded.dtype}, "
+        f"model {loaded.source.name} ({FAMILIES.get(loaded.family, loaded.family)}) on {loaded.device}, {loaded.dtype}, "
         f"loaded in {time.perf_counter() - started:.1f} s",
         quiet,
     )
@@ -137,7 +138,7 @@ def run_plan(plan: GenPlan, as_json: bool, quiet: bool) -> int:
     started = time.perf_counter()
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=quiet,
+        console=console, transient=True, disable=quiet or not console.is_terminal,  # no bars in logs
     )
     try:
         with progress:

@@ -1,0 +1,71 @@
+"""Wall time of `dream --help` and of a tiny-model `dream gen` (median of 5, start-up included)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def dream_command() -> list[str]:
+    """The installed `dream` script next to this Python, else `python -m dreamcli`."""
+    script = Path(sys.executable).with_name("dream")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "dreamcli"]
+
+
+def median_wall(argv: list[str], runs: int, env: dict) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def build_tiny_model(folder: Path) -> Path:
+    """The tests' tiny SD1 pipeline (random weights, 32 px) saved as a diffusers folder."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    sys.path.insert(0, str(ROOT / "tests"))
+    import tiny_models
+
+    pipe = tiny_models.build_sd1(tiny_models.write_tokenizer(folder / "tokenizer"))
+    pipe.save_pretrained(folder / "sd1")
+    return folder / "sd1"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=2)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="dream-bench-"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DREAMCLI_HOME": str(work / "home")}
+    try:
+        model = build_tiny_model(work)
+        dream = dream_command()
+        rows = [
+            ("dream --help", dream + ["--help"]),
+            (f"dream gen (tiny SD1, 32 px, {args.steps} steps)",
+             dream + ["gen", "-m", str(model), "a red circle", "--steps", str(args.steps), "-s", "1",
+                      "-o", str(work / "out"), "-q"]),
+            ("python -c 'import diffusers' (reference)", [sys.executable, "-c", "import diffusers"]),
+        ]
+        print(f"{'command':48} {'median s':>9}   runs")
+        for label, argv in rows:
+            med, times = median_wall(argv, args.runs, env)
+            print(f"{label:48} {med:9.3f}   " + " ".join(f"{t:.2f}" for t in times))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
