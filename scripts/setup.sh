@@ -11,11 +11,14 @@ PY=.venv/bin/python
 if ! "$PY" -c "import torch" 2>/dev/null; then
   # The index's default Linux torch pulls gigabytes of CUDA libraries; a machine that provides a
   # CPU (or matching GPU) wheel locally should use it. WHEELS names the folder (default /opt/wheels).
-  wheels=${WHEELS:-/opt/wheels}
-  links=()
-  [ -d "$wheels" ] && links=(--find-links "$wheels")
-  if ! "$PY" -m pip install -q --no-index "${links[@]}" torch 2>/dev/null; then
-    echo "setup: no local torch wheel found; installing torch from the package index" >&2
+  # The wheel is installed by path so that its small pure-Python dependencies still come from the index.
+  installed=""
+  for wheel in "${WHEELS:-/opt/wheels}"/torch-*.whl; do
+    [ -f "$wheel" ] || continue
+    if "$PY" -m pip install -q "$wheel"; then installed="$wheel"; break; fi
+  done
+  if [ -z "$installed" ]; then
+    echo "setup: no usable local torch wheel; installing torch from the package index" >&2
     "$PY" -m pip install -q torch
   fi
 fi

@@ -7,8 +7,9 @@ import re
 
 import numpy as np
 import pytest
-from conftest import pixels, written
 from PIL import Image
+
+from conftest import pixels, written
 
 
 def paths_of(result):

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import pixels, written
 from safetensors.torch import save_file
+
+from conftest import pixels, written
 
 ATTN_PROJECTIONS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_q", "attn2.to_k", "attn2.to_v")
 

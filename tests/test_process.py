@@ -8,8 +8,9 @@ import subprocess
 import sys
 import time
 
-from conftest import written
 from PIL import Image
+
+from conftest import written
 
 HEAVY = ("torch", "diffusers", "transformers", "peft", "accelerate")
 

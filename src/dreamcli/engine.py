@@ -220,8 +220,9 @@ def _model_hash(source: ModelSource) -> str:
 def _hub_error(source: ModelSource, error: Exception) -> ModelNotFound:
     what = type(error).__name__
     return ModelNotFound(
-        f"cannot get {source.location!r} from the Hugging Face hub ({what}: is it reachable?) and it is not in the local "
-        "cache: check the repo id and your network, or give a local .safetensors file or diffusers folder"
+        f"cannot get {source.location!r} from the Hugging Face hub ({what}: is it reachable?) and it is "
+        "not in the local cache: check the repo id and your network, or give a local .safetensors file or "
+        "diffusers folder"
     )
 
 

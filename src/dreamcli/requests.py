@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from dreamcli.errors import InputError
 from dreamcli.schedulers import SCHEDULERS

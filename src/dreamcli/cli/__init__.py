@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,8 +12,8 @@ from dreamcli.cli.gen import gen
 from dreamcli.cli.info import info
 from dreamcli.cli.inpaint import inpaint
 from dreamcli.cli.outpaint import outpaint
-from dreamcli.cli.upscale import upscale
 from dreamcli.cli.tune import tune
+from dreamcli.cli.upscale import upscale
 
 app = typer.Typer(
     name="dream",
@@ -33,7 +33,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[Optional[bool], typer.Option(
+    version: Annotated[bool | None, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
 ) -> None:
     """dream: text to image, inpaint, outpaint, colorize, upscale and DreamBooth tuning."""

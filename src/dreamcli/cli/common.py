@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -46,44 +46,44 @@ def emit(line: str) -> None:
 
 
 # ---- flags shared by every command that generates (DESIGN: same flag, same meaning) ----
-Model = Annotated[Optional[str], typer.Option(
+Model = Annotated[str | None, typer.Option(
     "-m", "--model", help="Preset name, HF repo id, diffusers folder or .safetensors file.",
     rich_help_panel="Model")]
-Preset = Annotated[Optional[str], typer.Option(
+Preset = Annotated[str | None, typer.Option(
     "--preset", help="Settings bundle (sd15, sd21, sdxl, sdxl-turbo, demo, or your own).",
     rich_help_panel="Model")]
-ModelConfig = Annotated[Optional[str], typer.Option(
+ModelConfig = Annotated[str | None, typer.Option(
     "--model-config", help="Diffusers folder or repo id whose configs fit a single-file checkpoint.",
     rich_help_panel="Model")]
-Scheduler = Annotated[Optional[str], typer.Option(
+Scheduler = Annotated[str | None, typer.Option(
     "--scheduler", help="Sampler by friendly name; `--scheduler list` shows them.", rich_help_panel="Model")]
-Lora = Annotated[Optional[list[str]], typer.Option(
+Lora = Annotated[list[str] | None, typer.Option(
     "--lora", help="LoRA file or folder, optional :SCALE (repeatable).", rich_help_panel="Model")]
-Device = Annotated[Optional[str], typer.Option(
+Device = Annotated[str | None, typer.Option(
     "--device", help="auto | cpu | cuda[:N] | mps.", rich_help_panel="Hardware")]
-Dtype = Annotated[Optional[str], typer.Option(
+Dtype = Annotated[str | None, typer.Option(
     "--dtype", help="auto | fp32 | fp16 | bf16.", rich_help_panel="Hardware")]
-Offload = Annotated[Optional[bool], typer.Option(
+Offload = Annotated[bool | None, typer.Option(
     "--offload/--no-offload", help="Keep idle components in CPU memory (small GPUs).",
     rich_help_panel="Hardware")]
-VaeTiling = Annotated[Optional[bool], typer.Option(
+VaeTiling = Annotated[bool | None, typer.Option(
     "--vae-tiling/--no-vae-tiling", help="Decode in tiles (large images, less memory).",
     rich_help_panel="Hardware")]
-AttentionSlicing = Annotated[Optional[bool], typer.Option(
+AttentionSlicing = Annotated[bool | None, typer.Option(
     "--attention-slicing/--no-attention-slicing", help="Compute attention in slices (less memory).",
     rich_help_panel="Hardware")]
-AllowUnsafePickle = Annotated[Optional[bool], typer.Option(
+AllowUnsafePickle = Annotated[bool | None, typer.Option(
     "--allow-unsafe-pickle", help="Allow .ckpt/.pt files (they can run code when loaded).",
     rich_help_panel="Model")]
-Seed = Annotated[Optional[int], typer.Option("-s", "--seed", help="Base seed; image i uses seed+i.")]
-Steps = Annotated[Optional[int], typer.Option("--steps", help="Denoising steps.")]
-Guidance = Annotated[Optional[float], typer.Option("-g", "--guidance", help="Classifier-free guidance scale.")]
-Negative = Annotated[Optional[str], typer.Option("--negative", help="Negative prompt.")]
-Width = Annotated[Optional[int], typer.Option("-W", "--width", help="Width in pixels (multiple of 8).")]
-Height = Annotated[Optional[int], typer.Option("-H", "--height", help="Height in pixels (multiple of 8).")]
-NumImages = Annotated[Optional[int], typer.Option("-n", "--num-images", help="Images per prompt.")]
-Outdir = Annotated[Optional[str], typer.Option("-o", "--outdir", help="Output folder.", rich_help_panel="Output")]
-Format = Annotated[Optional[str], typer.Option(
+Seed = Annotated[int | None, typer.Option("-s", "--seed", help="Base seed; image i uses seed+i.")]
+Steps = Annotated[int | None, typer.Option("--steps", help="Denoising steps.")]
+Guidance = Annotated[float | None, typer.Option("-g", "--guidance", help="Classifier-free guidance scale.")]
+Negative = Annotated[str | None, typer.Option("--negative", help="Negative prompt.")]
+Width = Annotated[int | None, typer.Option("-W", "--width", help="Width in pixels (multiple of 8).")]
+Height = Annotated[int | None, typer.Option("-H", "--height", help="Height in pixels (multiple of 8).")]
+NumImages = Annotated[int | None, typer.Option("-n", "--num-images", help="Images per prompt.")]
+Outdir = Annotated[str | None, typer.Option("-o", "--outdir", help="Output folder.", rich_help_panel="Output")]
+Format = Annotated[str | None, typer.Option(
     "--format", help="png | jpg | webp.", rich_help_panel="Output")]
 Json = Annotated[bool, typer.Option(
     "--json", help="One JSON object per image on stdout.", rich_help_panel="Output")]

@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -129,7 +129,8 @@ def run_plan(plan: GenPlan, as_json: bool, quiet: bool) -> int:
     if first.model.startswith("package:"):
         hint(DEMO_HINT, quiet)
     hint(
-        f"model {loaded.source.name} ({FAMILIES.get(loaded.family, loaded.family)}) on {loaded.device}, {loaded.dtype}, "
+        f"model {loaded.source.name} ({FAMILIES.get(loaded.family, loaded.family)}) "
+        f"on {loaded.device}, {loaded.dtype}, "
         f"loaded in {time.perf_counter() - started:.1f} s",
         quiet,
     )
@@ -179,10 +180,10 @@ def _json_line(path: Path, record: dict) -> dict:
 
 
 def gen(
-    prompts: Annotated[Optional[list[str]], typer.Argument(help="Prompts; each makes -n images.")] = None,
-    prompts_file: Annotated[Optional[str], typer.Option(
+    prompts: Annotated[list[str] | None, typer.Argument(help="Prompts; each makes -n images.")] = None,
+    prompts_file: Annotated[str | None, typer.Option(
         "--prompts", help="File with one prompt (or JSON object) per line; - reads stdin.")] = None,
-    from_image: Annotated[Optional[str], typer.Option(
+    from_image: Annotated[str | None, typer.Option(
         "--from", help="Re-make an image from its metadata (flags given here override).")] = None,
     model: common.Model = None,
     preset: common.Preset = None,
