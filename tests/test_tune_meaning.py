@@ -1,0 +1,117 @@
+"""Meaning: the demo model learns a subject it has never seen (a cyan cross) as `sks shape`, and keeps
+its class prior with prior preservation; measured on pixels, as the DreamBooth paper measures drift."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from dreamcli.demo.world import COLORS, read
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_FOLDERS = (ROOT / "src" / "dreamcli" / "demo" / "model", ROOT / "build" / "demo-model")
+SUBJECT_RGB = (0, 200, 200)  # cyan: no palette colour of the shapes world is near it
+INSTANCE_PROMPT, CLASS_PROMPT = "a sks shape", "a shape"
+EVAL_SEEDS = range(100, 108)
+
+
+def demo_model() -> Path:
+    for folder in DEMO_FOLDERS:
+        if (folder / "model_index.json").is_file():
+            return folder
+    pytest.skip("the built-in demo model is not built yet (python -m dreamcli.demo.train); "
+                f"looked in {', '.join(str(f) for f in DEMO_FOLDERS)}")
+
+
+def draw_subject(folder: Path, count: int = 5) -> Path:
+    """The subject: a cyan cross (a shape and a colour the world never had) on palette backgrounds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(7)
+    for i, background in enumerate(["white", "black", "blue", "yellow", "purple", "green"][:count]):
+        image = Image.new("RGB", (128, 128), COLORS[background])
+        pen = ImageDraw.Draw(image)
+        cx, cy = 64 + rng.randint(-14, 14), 64 + rng.randint(-14, 14)
+        half, arm = rng.randint(26, 34), 9
+        pen.rectangle([cx - half, cy - arm, cx + half, cy + arm], fill=SUBJECT_RGB)
+        pen.rectangle([cx - arm, cy - half, cx + arm, cy + half], fill=SUBJECT_RGB)
+        image.save(folder / f"cross-{i}.png")
+    return folder
+
+
+def subject_fraction(image: Image.Image) -> float:
+    """Fraction of pixels close to the subject's cyan."""
+    px = np.asarray(image.convert("RGB"), dtype=np.float64)
+    return float((np.linalg.norm(px - np.array(SUBJECT_RGB), axis=-1) < 70).mean())
+
+
+def shows_subject(image: Image.Image) -> bool:
+    """A picture shows the subject when at least 3% of it is the subject's cyan (the cross covers ~10%)."""
+    return subject_fraction(image) >= 0.03
+
+
+def ordinary_shape(image: Image.Image) -> bool:
+    """A picture the untuned world makes: a palette-coloured shape the pixel reader finds, and no cyan."""
+    return read(image).shape is not None and not shows_subject(image)
+
+
+def pictures(model: Path, lora: Path | None, prompt: str) -> list[Image.Image]:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    if lora is not None:
+        pipe.load_lora_weights(str(lora))
+    generators = [torch.Generator().manual_seed(s) for s in EVAL_SEEDS]
+    return pipe([prompt] * len(generators), num_inference_steps=20, guidance_scale=7.5, generator=generators).images
+
+
+def teach(tmp_path: Path, steps: int, prior: bool) -> dict:
+    """Tune the demo model on the cross and measure: subject rate of `a sks shape`, and what `a shape` gives."""
+    from dreamcli.requests import TuneConfig
+    from dreamcli.training import tune
+
+    model = demo_model()
+    config = TuneConfig(
+        instance_data_dir=str(draw_subject(tmp_path / "subject")), class_word="shape", model=str(model),
+        output_dir=str(tmp_path / ("prior" if prior else "no-prior")), instance_prompt=INSTANCE_PROMPT,
+        class_prompt=CLASS_PROMPT, max_train_steps=steps, learning_rate=1e-3, rank=8, train_batch_size=2,
+        with_prior_preservation=prior, num_class_images=24, class_steps=20, checkpointing_steps=steps,
+        num_validation_images=0, device="cpu", seed=0,
+    )
+    result = tune(config)
+    tuned = pictures(model, result.outdir, INSTANCE_PROMPT)
+    classes = pictures(model, result.outdir, CLASS_PROMPT)
+    return {
+        "steps": steps, "prior": prior, "steps_per_second": round(result.steps_per_second, 2),
+        "peak_rss_mb": round(result.peak_rss_mb), "subject_rate": np.mean([shows_subject(i) for i in tuned]),
+        "class_ordinary_rate": np.mean([ordinary_shape(i) for i in classes]),
+        "class_drift_rate": np.mean([shows_subject(i) for i in classes]),
+    }
+
+
+def test_demo_model_learns_a_new_subject_and_keeps_its_prior(tmp_path):
+    model = demo_model()
+    before = pictures(model, None, INSTANCE_PROMPT)
+    assert np.mean([shows_subject(i) for i in before]) <= 0.125, "the untuned model must not know the subject"
+    base_classes = np.mean([ordinary_shape(i) for i in pictures(model, None, CLASS_PROMPT)])
+    measured = teach(tmp_path, steps=300, prior=True)
+    print(json.dumps({**measured, "base_class_ordinary_rate": base_classes}, default=float))
+    assert measured["subject_rate"] >= 0.75, measured
+    # Prior preservation: the class prompt still gives the world's ordinary shapes.
+    assert measured["class_ordinary_rate"] >= min(0.75, base_classes - 0.125), measured
+
+
+@pytest.mark.slow
+def test_benchmark_language_drift_with_and_without_prior(tmp_path):
+    """Longer runs; reports the class prompt's drift towards the subject with and without the prior loss."""
+    with_prior = teach(tmp_path, steps=800, prior=True)
+    without = teach(tmp_path, steps=800, prior=False)
+    print(json.dumps({"with_prior": with_prior, "without_prior": without}, default=float))
+    assert with_prior["subject_rate"] >= 0.75 and without["subject_rate"] >= 0.75
+    assert with_prior["class_drift_rate"] <= without["class_drift_rate"]
