@@ -160,6 +160,7 @@ def make_image_record(task: str, request, loaded, pipe, seed: int, index: int, i
         "model_path": loaded.source.location,
         "model_hash": loaded.model_hash(),
         "family": loaded.family,
+        "pipeline": type(pipe).__name__,
         "scheduler": request.model.scheduler or scheduler_class,
         "sampler": a1111_sampler_name(request.model.scheduler, scheduler_class),
         "device": loaded.device,

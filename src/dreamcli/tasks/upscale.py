@@ -118,7 +118,9 @@ def upscale_x4(loaded: _X4Model, image: Image.Image, target: tuple[int, int], re
         guidance_scale=request.guidance_scale,
         noise_level=request.noise_level,
         generator=cpu_generator(seed),
-        callback_on_step_end=counter,
+        # This pipeline still has the older per-step callback, not callback_on_step_end.
+        callback=lambda step, timestep, _latents: counter(None, step, timestep, {}),
+        callback_steps=1,
     ).images[0]
     return out if out.size == target else out.resize(target, Image.Resampling.LANCZOS)
 
