@@ -142,3 +142,19 @@ def test_cli_run_then_refuse_a_different_run_then_resume_and_overwrite(tune_cli)
 def test_alias_and_help(cli):
     result = cli("dreambooth-tune", "--help")
     assert result.exit_code == 0 and "--prior-weight" in result.stdout and "--export" in result.stdout
+
+
+def test_ctrl_c_exits_130_and_says_how_to_resume(tune_cli, monkeypatch):
+    import dreamcli.training
+
+    def interrupted(config, inputs, **callbacks):
+        from dreamcli.training.rundir import checkpoint_dir
+
+        checkpoint_dir(Path(config.output_dir), 7).mkdir(parents=True)  # as tune leaves it on Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dreamcli.training, "tune", interrupted)
+    result, outdir = tune_cli("--steps", "10")
+    assert result.exit_code == 130
+    assert "checkpoint at step 7 saved" in result.stderr and "--resume" in result.stderr
+    assert result.stdout == ""

@@ -206,7 +206,8 @@ def tune(
         "--export", help="Also write another format: kohya (A1111, ComfyUI).", rich_help_panel="Output")] = None,
     device: common.Device = None,
     allow_unsafe_pickle: common.AllowUnsafePickle = None,
-    json_out: common.Json = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="One JSON object for the run on stdout.", rich_help_panel="Output")] = False,
     quiet: common.Quiet = False,
 ) -> None:
     """Teach a model a new subject from a few photos (DreamBooth with LoRA and prior preservation)."""
