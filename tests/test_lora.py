@@ -83,4 +83,4 @@ def test_lora_folder_and_metadata(gen, cli, tiny, tmp_path):
     assert result.exit_code == 0, result.stderr
     (path,) = written(outdir)
     info = cli("info", path)
-    assert f"Lora hashes: \"{folder}:0.5\"" in info.stdout
+    assert f"Loras: \"{folder}:0.5\"" in info.stdout

@@ -54,7 +54,7 @@ def test_a1111_text_round_trip():
     assert parsed["negative_prompt"] == "blurry, dog"
     assert (parsed["Steps"], parsed["Sampler"], parsed["CFG scale"]) == ("20", "DPM++ 2M Karras", "7")
     assert (parsed["Seed"], parsed["Size"]) == ("42", "512x768")
-    assert (parsed["Model hash"], parsed["Lora hashes"]) == ("abcdef0123", "x.safetensors:0.5")
+    assert (parsed["Model hash"], parsed["Loras"]) == ("abcdef0123", "x.safetensors:0.5")
 
 
 def test_family_from_checkpoint_key_names():

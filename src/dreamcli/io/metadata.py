@@ -32,7 +32,7 @@ def a1111_parameters(record: dict) -> str:
         "Model": record.get("model_name") or "",
     }
     if req["model"].get("loras"):
-        fields["Lora hashes"] = '"' + ", ".join(req["model"]["loras"]) + '"'
+        fields["Loras"] = '"' + ", ".join(req["model"]["loras"]) + '"'
     fields["Version"] = f"dreamcli {record['versions']['dreamcli']}"
     lines.append(", ".join(f"{k}: {v}" for k, v in fields.items() if v != ""))
     return "\n".join(lines)
