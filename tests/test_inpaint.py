@@ -62,6 +62,7 @@ def test_metadata_records_the_task_and_reads_back_with_dream_info(inpaint, pictu
     assert meta["dreamcli"]["request"]["mask"].endswith("mask.png")
     assert meta["dreamcli"]["request"]["mask_blur"] == 4.0
     assert meta["a1111"]["Seed"] == "7" and meta["a1111"]["prompt"] == "a red circle"
+    assert meta["a1111"]["Denoising strength"] == "0.9" and meta["a1111"]["Mask blur"] == "4"
 
 
 def test_grey_image_and_mask_of_the_same_aspect_are_converted_with_a_note(inpaint, picture, tmp_path):

@@ -33,6 +33,11 @@ def a1111_parameters(record: dict) -> str:
     }
     if req["model"].get("loras"):
         fields["Loras"] = '"' + ", ".join(req["model"]["loras"]) + '"'
+    # Image-to-image records (inpaint, outpaint, colorize, upscale): the fields A1111 writes for img2img.
+    if "strength" in req:
+        fields["Denoising strength"] = f"{req['strength']:g}"
+    if "mask_blur" in req:
+        fields["Mask blur"] = f"{req['mask_blur']:g}"
     fields["Version"] = f"dreamcli {record['versions']['dreamcli']}"
     lines.append(", ".join(f"{k}: {v}" for k, v in fields.items() if v != ""))
     return "\n".join(lines)
