@@ -275,10 +275,19 @@ def _load_base_pipeline(source: ModelSource, options: ModelOptions, torch_dtype)
     location = source.location
     kwargs = _dtype_kwargs(torch_dtype)
     if source.kind == "hub" and source.revision is None:
-        pass  # not cached: from_pretrained downloads what the user named
-    elif source.kind == "hub":
-        location = str(cached_snapshot(source.location))
-    index = json.loads((Path(location) / "model_index.json").read_text()) if Path(location).is_dir() else {}
+        # Not cached: from_pretrained downloads what the user named. Its index comes first (a few
+        # bytes) so that we know which components to skip before gigabytes move.
+        from huggingface_hub import hf_hub_download
+
+        try:
+            index_file = Path(hf_hub_download(location, "model_index.json"))
+        except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+            raise _hub_error(source, e) from None
+    else:
+        if source.kind == "hub":
+            location = str(cached_snapshot(source.location))
+        index_file = Path(location) / "model_index.json"
+    index = json.loads(index_file.read_text())
     if "safety_checker" in index:
         # Like A1111 and most local tools, no NSFW filter: it blacks out images and costs 1.2 GB.
         kwargs.update(safety_checker=None, requires_safety_checker=False)
