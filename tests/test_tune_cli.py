@@ -158,3 +158,15 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(tune_cli, monkeypatch):
     assert result.exit_code == 130
     assert "checkpoint at step 7 saved" in result.stderr and "--resume" in result.stderr
     assert result.stdout == ""
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_started_over(tiny, tmp_path):
+    from dreamcli.requests import TuneConfig
+    from dreamcli.training import check_inputs
+
+    outdir = tmp_path / "run"
+    outdir.mkdir()
+    (outdir / "tune_config.json").write_text('{"settings": {}, "status": "interrupted"}')
+    (outdir / "loss_log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    config = TuneConfig(str(subject_images(tmp_path / "s")), "shape", str(tiny["sd1"]), str(outdir))
+    assert check_inputs(config).start_over

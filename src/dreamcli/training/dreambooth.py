@@ -231,12 +231,12 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                 batches = accelerator.skip_first_batches(dataloader, skip_batches) if skip_batches else dataloader
                 for batch in batches:
                     with accelerator.accumulate(*trained_wrapped):
-                        inputs_ = batch["inputs"].to(accelerator.device, dtype=weight_dtype)
+                        batch_inputs = batch["inputs"].to(accelerator.device, dtype=weight_dtype)
                         with torch.no_grad():
                             if dataset.cached is not None:
-                                latents = DiagonalGaussianDistribution(inputs_).sample()
+                                latents = DiagonalGaussianDistribution(batch_inputs).sample()
                             else:
-                                latents = vae.encode(inputs_).latent_dist.sample()
+                                latents = vae.encode(batch_inputs).latent_dist.sample()
                             latents = latents * vae.config.scaling_factor
                         noise = torch.randn_like(latents)
                         timesteps = torch.randint(

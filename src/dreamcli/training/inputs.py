@@ -153,7 +153,9 @@ def check_outdir(config: TuneConfig, inputs: TuneInputs) -> None:
             )
         inputs.resume_from, inputs.resume_step = path, step
         return
-    if leftovers and not config.overwrite:
+    # A run stopped before its first checkpoint left nothing worth keeping: start it over quietly.
+    trained = found or (outdir / rundir.WEIGHTS_NAME).exists()
+    if trained and not config.overwrite:
         if previous is not None and not identity_difference_for(previous, config):
             raise InputError(
                 f"output folder {outdir} already holds this run: pass --resume to continue it or "
