@@ -1,0 +1,122 @@
+"""Measure how well a model follows shape-world prompts, by reading its pictures back with the pixel reader.
+
+Run: python -m dreamcli.demo.evaluate [MODEL_DIR] [--prompts 240] [--guidance 7.5 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+from .world import PHRASES, Scene, article, random_scene, read
+
+
+def eval_prompts(count: int, seed: int = 1234) -> list[tuple[str, Scene, bool]]:
+    """Fixed evaluation prompts: (prompt, scene asked for, whether the position is asked)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        scene = random_scene(rng)
+        ask_size, ask_pos = rng.random() < 0.5, rng.random() < 0.7
+        words = ([scene.size] if ask_size else []) + [scene.color, scene.shape]
+        words += [PHRASES[scene.position]] if ask_pos else []
+        words += ["on", article(scene.background), scene.background, "background"]
+        prompt = " ".join([article(words[0])] + words)
+        out.append((prompt, scene, ask_pos))
+    return out
+
+
+def score(images, cases) -> dict[str, float]:
+    """Fractions of pictures whose read-back colour, background, position (when asked) and shape match."""
+    hits = {"color": 0, "background": 0, "shape": 0, "position": 0}
+    asked_pos = 0
+    for image, (_, scene, ask_pos) in zip(images, cases):
+        r = read(image)
+        hits["color"] += r.color == scene.color
+        hits["background"] += r.background == scene.background
+        hits["shape"] += r.shape == scene.shape
+        if ask_pos:
+            asked_pos += 1
+            hits["position"] += r.position == scene.position
+    n = len(cases)
+    return {
+        "color": hits["color"] / n,
+        "background": hits["background"] / n,
+        "shape": hits["shape"] / n,
+        "position": hits["position"] / max(asked_pos, 1),
+    }
+
+
+def generate_images(pipe, prompts: list[str], guidance: float, steps: int, seed: int, batch: int = 16):
+    """Images for prompts with per-prompt seeds (seed + index) drawn on CPU generators."""
+    import torch
+
+    images = []
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start : start + batch]
+        gens = [torch.Generator("cpu").manual_seed(seed + start + i) for i in range(len(chunk))]
+        out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens)
+        images.extend(out.images)
+    return images
+
+
+def evaluate(pipe, count: int = 240, guidance: float = 7.5, steps: int = 20, seed: int = 0) -> dict[str, float]:
+    """Score a pipeline on the first `count` fixed evaluation prompts."""
+    cases = eval_prompts(count)
+    images = generate_images(pipe, [p for p, _, _ in cases], guidance, steps, seed)
+    return score(images, cases)
+
+
+def save_grid(images, prompts: list[str], path: str, columns: int = 6) -> None:
+    """Save pictures in a grid with each prompt written under its picture."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    side = images[0].width
+    cell_h = side + 34
+    rows = (len(images) + columns - 1) // columns
+    grid = Image.new("RGB", (columns * side, rows * cell_h), "white")
+    pen = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=10)
+    for i, (image, prompt) in enumerate(zip(images, prompts)):
+        x, y = (i % columns) * side, (i // columns) * cell_h
+        grid.paste(image, (x, y))
+        # Wrap the prompt over up to three short lines under the picture.
+        words, lines = prompt.split(), [""]
+        for word in words:
+            if len(lines[-1]) + len(word) > 24:
+                lines.append("")
+            lines[-1] = (lines[-1] + " " + word).strip()
+        pen.multiline_text((x + 2, y + side + 1), "\n".join(lines[:3]), fill="black", font=font, spacing=1)
+    grid.save(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: print the metrics as JSON, one object per guidance value."""
+    from diffusers import StableDiffusionPipeline
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", default=str(Path(__file__).parent / "model"))
+    parser.add_argument("--prompts", type=int, default=240)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, nargs="+", default=[7.5, 1.0])
+    parser.add_argument("--grid", help="also save a grid of the first 24 pictures (first guidance) here")
+    args = parser.parse_args(argv)
+    pipe = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    cases = eval_prompts(args.prompts)
+    prompts = [p for p, _, _ in cases]
+    for g in args.guidance:
+        start = time.time()
+        images = generate_images(pipe, prompts, g, args.steps, seed=0)
+        metrics = score(images, cases)
+        seconds = round(time.time() - start, 1)
+        print(json.dumps({"guidance": g, "prompts": args.prompts, "steps": args.steps, **metrics, "seconds": seconds}))
+        if args.grid and g == args.guidance[0]:
+            save_grid(images[:24], prompts[:24], args.grid)
+
+
+if __name__ == "__main__":
+    main()

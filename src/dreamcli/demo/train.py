@@ -1,0 +1,280 @@
+"""Train the built-in demo model from scratch on the shapes world and save it as a diffusers folder.
+
+Run: python -m dreamcli.demo.train [--out src/dreamcli/demo/model] [--work build/demo-train] [--steps N]
+Every stage caches its result in the work folder, and the diffusion stage checkpoints, so an
+interrupted run continues where it stopped when started again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .evaluate import evaluate
+from .tokenizer import MAX_LENGTH, load_tokenizer, write_tokenizer
+from .world import draw, random_scene
+
+RESOLUTION = 128
+VAE_CHANNELS = (16, 32, 64, 64)  # 3 downsamples: 8x, as Stable Diffusion
+UNET_CHANNELS = (32, 64, 128)
+TEXT_WIDTH = 128
+# v-prediction, as SD 2.x: the epsilon objective weighs errors in the clean picture by the
+# signal-to-noise ratio, which is ~0.005 at the noisy steps where colour and place are decided,
+# so the prompt barely drives the loss (an epsilon run stayed at chance after 1000 steps).
+PREDICTION = "v_prediction"
+
+
+def log(work: Path, **fields) -> None:
+    """Append one JSON line to the training log and echo it."""
+    fields["time"] = round(time.time(), 1)
+    line = json.dumps(fields)
+    print(line, flush=True)
+    with open(work / "log.jsonl", "a") as f:
+        f.write(line + "\n")
+
+
+def to_tensor(images) -> torch.Tensor:
+    """PIL images to a [-1, 1] NCHW float tensor."""
+    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def train_vae(work: Path, seed: int, steps: int = 1500, batch: int = 16):
+    """Step 2: an SD-shaped AutoencoderKL learns to reconstruct world pictures (64 px crops: cheaper)."""
+    from diffusers import AutoencoderKL
+
+    folder = work / "vae"
+    if (folder / "config.json").exists():
+        return AutoencoderKL.from_pretrained(folder)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    n = len(VAE_CHANNELS)
+    vae = AutoencoderKL(
+        down_block_types=["DownEncoderBlock2D"] * n,
+        up_block_types=["UpDecoderBlock2D"] * n,
+        block_out_channels=VAE_CHANNELS,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=RESOLUTION,
+    )
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.05)
+    start = time.time()
+    for step in range(1, steps + 1):
+        crops = []
+        for _ in range(batch):
+            im = draw(random_scene(rng), RESOLUTION, rng)
+            x, y = rng.randrange(0, RESOLUTION - 64 + 1, 8), rng.randrange(0, RESOLUTION - 64 + 1, 8)
+            crops.append(im.crop((x, y, x + 64, y + 64)))
+        x = to_tensor(crops)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        # L1 keeps edges crisp; a tiny KL term keeps the latent space smooth and bounded, as SD's VAE.
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps:
+            log(work, stage="vae", step=step, loss=round(loss.item(), 5), seconds=round(time.time() - start))
+    vae.save_pretrained(folder)
+    return vae
+
+
+def encode_dataset(work: Path, vae, seed: int, count: int):
+    """Step 3: draw the training pictures once and keep their latents (VAE encoding is the slow part)."""
+    path = work / "latents.pt"
+    if path.exists():
+        return torch.load(path)
+    rng = random.Random(seed + 1)
+    scenes, latents = [], []
+    start = time.time()
+    with torch.no_grad():
+        for _ in range(0, count, 256):
+            chunk = [random_scene(rng) for _ in range(256)]
+            images = [draw(s, RESOLUTION, rng) for s in chunk]
+            latents.append(vae.encode(to_tensor(images)).latent_dist.mean)
+            scenes.extend(chunk)
+    latents = torch.cat(latents)[:count]
+    # SD scales latents to unit variance; the factor is stored in the VAE config for the pipelines.
+    scaling = float(1.0 / latents.std())
+    data = {"latents": latents, "scenes": [s.__dict__ for s in scenes[:count]], "scaling_factor": scaling}
+    torch.save(data, path)
+    log(work, stage="encode", count=count, scaling_factor=round(scaling, 5), seconds=round(time.time() - start))
+    return data
+
+
+def build_models(vocab_size: int, eos_id: int, bos_id: int):
+    """Step 4: the SD-shaped text encoder and UNet, from configs, at demo size."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=TEXT_WIDTH,
+            intermediate_size=4 * TEXT_WIDTH,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_LENGTH,
+            projection_dim=TEXT_WIDTH,
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,
+            pad_token_id=eos_id,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=RESOLUTION // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=UNET_CHANNELS,
+        layers_per_block=1,
+        down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    return text_encoder, unet
+
+
+def make_pipeline(vae, text_encoder, unet, tokenizer):
+    """A StableDiffusionPipeline over the given components (SD's DDIM settings, v-prediction as SD 2)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=PREDICTION,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def train_diffusion(work: Path, data, vae, tokenizer, seed: int, steps: int, batch: int, lr: float, eval_every: int):
+    """Step 5: UNet and text encoder learn to denoise latents given captions (SD's noise schedule)."""
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(seed)
+    text_encoder, unet = build_models(len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    noise_sched = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=PREDICTION
+    )
+    ckpt_path = work / "checkpoint.pt"
+    step = 0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        unet.load_state_dict(ckpt["unet"])
+        text_encoder.load_state_dict(ckpt["text_encoder"])
+        ema_unet.load_state_dict(ckpt["ema_unet"])
+        ema_text.load_state_dict(ckpt["ema_text"])
+        opt.load_state_dict(ckpt["opt"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        step = ckpt["step"]
+        log(work, stage="resume", step=step)
+    rng = random.Random(seed + 2 + step)
+    from .world import Scene
+
+    scenes = [Scene(**s) for s in data["scenes"]]
+    latents = data["latents"] * data["scaling_factor"]
+    start, run_from = time.time(), step
+    pipe = make_pipeline(vae, ema_text, ema_unet, tokenizer)
+    while step < steps:
+        step += 1
+        idx = [rng.randrange(len(scenes)) for _ in range(batch)]
+        # ~10% empty captions teach the unconditional prediction that classifier-free guidance needs.
+        captions = ["" if rng.random() < 0.1 else scenes[i].caption(rng) for i in idx]
+        ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
+        x0 = latents[idx]
+        # Offset noise lets the model move a picture's mean colour, so flat backgrounds come out saturated.
+        noise = torch.randn_like(x0) + 0.1 * torch.randn(batch, x0.shape[1], 1, 1)
+        t = torch.randint(0, 1000, (batch,))
+        xt = noise_sched.add_noise(x0, noise, t)
+        pred = unet(xt, t, text_encoder(ids)[0]).sample
+        loss = F.mse_loss(pred, noise_sched.get_velocity(x0, noise, t))
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, step / 300)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ema, live in ((ema_unet, unet), (ema_text, text_encoder)):
+                for pe, pl in zip(ema.parameters(), live.parameters()):
+                    pe.lerp_(pl, 1 - decay)
+        if step % 50 == 0:
+            rate = (step - run_from) / (time.time() - start)
+            log(work, stage="diffusion", step=step, loss=round(loss.item(), 4), steps_per_s=round(rate, 3))
+        if step % 250 == 0 or step == steps:
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save(
+                {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
+                 "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(), "step": step},
+                tmp,
+            )
+            tmp.replace(ckpt_path)
+        if step % eval_every == 0 or step == steps:
+            t0 = time.time()
+            metrics = evaluate(pipe, count=48, guidance=7.5, steps=20)
+            log(work, stage="eval", step=step, **{k: round(v, 3) for k, v in metrics.items()}, seconds=round(time.time() - t0))
+    return pipe
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: run every stage (each cached in --work) and save the pipeline to --out."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(Path(__file__).parent / "model"))
+    parser.add_argument("--work", default="build/demo-train")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=30000)
+    parser.add_argument("--vae-steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--eval-every", type=int, default=500)
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    log(work, stage="start", args=vars(args), torch=torch.__version__, threads=torch.get_num_threads())
+    # Step 1: the tokenizer, where every world word is a single token.
+    write_tokenizer(work / "tokenizer-files")
+    tokenizer = load_tokenizer(work / "tokenizer-files")
+    vae = train_vae(work, args.seed, args.vae_steps)
+    data = encode_dataset(work, vae, args.seed, args.images)
+    vae.register_to_config(scaling_factor=data["scaling_factor"])
+    pipe = train_diffusion(work, data, vae, tokenizer, args.seed, args.steps, args.batch, args.lr, args.eval_every)
+    # Step 6: save the EMA weights as a standard diffusers folder with safetensors.
+    pipe.save_pretrained(args.out, safe_serialization=True)
+    log(work, stage="saved", out=args.out)
+
+
+if __name__ == "__main__":
+    main()
