@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import written
 from PIL import Image
+
+from conftest import written
 
 
 def save(image: Image.Image, path: Path) -> Path:

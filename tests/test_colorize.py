@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import written
-from image_task_helpers import assert_refused, demo_model, save, texture
 from PIL import Image
 
+from conftest import written
 from dreamcli.imageops.color import chroma, luma
+from image_task_helpers import assert_refused, demo_model, save, texture
 
 
 @pytest.fixture

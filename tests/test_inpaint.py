@@ -7,9 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from conftest import pixels, written
 from image_task_helpers import assert_refused, demo_model, save, texture
-from PIL import Image
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import pixels, written
-from image_task_helpers import assert_refused, demo_model, save, texture
 from PIL import Image
+
+from conftest import pixels
+from image_task_helpers import assert_refused, demo_model, save, texture
 
 
 @pytest.fixture
@@ -39,10 +40,10 @@ def test_exact_size_original_identical_new_area_not_flat(outpaint):
 
 
 def test_long_extensions_are_done_in_passes_no_larger_than_the_model(tiny, tmp_path):
+    from dreamcli.imageops.canvas import Margins
     from dreamcli.requests import ModelOptions, OutpaintRequest
     from dreamcli.tasks import outpaint
     from dreamcli.tasks.outpaint import plan_passes
-    from dreamcli.imageops.canvas import Margins
 
     # The tiny model is 32 px: 64 px to the right takes 4 passes of 16, each window 32 px wide.
     assert [m.right for m in plan_passes((40, 24), Margins(right=64), 32)] == [16, 16, 16, 16]

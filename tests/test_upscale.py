@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from conftest import pixels, written
-from image_task_helpers import assert_refused, demo_model, psnr, save, texture
 from PIL import Image
+
+from image_task_helpers import assert_refused, demo_model, psnr, save, texture
 
 
 @pytest.fixture

@@ -322,34 +322,39 @@ def _check_max_pixels(request) -> None:
         raise InputError(f"max-pixels {request.max_pixels} is too small: use at least 64 (8x8)")
 
 
-def image_request_dict(request) -> dict:
-    """Plain JSON-ready fields of an image request (an in-memory input image is recorded as such)."""
-    data = asdict(request)
-    data["model"]["loras"] = [str(LoraRef(**lora)) for lora in data["model"]["loras"]]
-    for key in ("image", "mask"):
-        if key in data and not isinstance(data[key], str):
-            data[key] = "<in-memory image>"
-    return data
+@dataclass(frozen=True, kw_only=True)
+class ImageRequestBase:
+    """Fields every image-to-image request shares with GenRequest (keyword-only, same defaults)."""
+
+    negative_prompt: str = ""
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
+    num_images: int = 1
+    seed: int | None = None  # None: a random base seed, drawn and recorded by the task
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready fields (what the image metadata stores); an in-memory picture is named as such."""
+        data = asdict(self)
+        data["model"]["loras"] = [str(LoraRef(**lora)) for lora in data["model"]["loras"]]
+        for key in ("image", "mask"):
+            if key in data and not isinstance(data[key], str):
+                data[key] = "<in-memory image>"
+        return data
 
 
 @dataclass(frozen=True)
-class InpaintRequest:
+class InpaintRequest(ImageRequestBase):
     """Repaint the masked part of a picture; `image` and `mask` are paths or PIL images."""
 
     image: object
     mask: object
     prompt: str
     model: ModelOptions
-    negative_prompt: str = ""
-    num_inference_steps: int = 30
-    guidance_scale: float = 7.5
     strength: float = 1.0  # 1: the masked area is drawn from pure noise
     mask_blur: float = 4.0  # pixels of feathering around the mask's edge
     invert_mask: bool = False
     width: int | None = None  # the size the model works at; None: the picture's shape at the model's area
     height: int | None = None
-    num_images: int = 1
-    seed: int | None = None
 
     def __post_init__(self):
         _check_shared(self)
@@ -360,13 +365,9 @@ class InpaintRequest:
         check_size("width", self.width)
         check_size("height", self.height)
 
-    def to_dict(self) -> dict:
-        """Plain JSON-ready fields (what the image metadata stores)."""
-        return image_request_dict(self)
-
 
 @dataclass(frozen=True)
-class OutpaintRequest:
+class OutpaintRequest(ImageRequestBase):
     """Extend a picture beyond its borders by the given margins (pixels, rounded up to 8)."""
 
     image: object
@@ -376,13 +377,8 @@ class OutpaintRequest:
     right: int = 0
     top: int = 0
     bottom: int = 0
-    negative_prompt: str = ""
-    num_inference_steps: int = 30
-    guidance_scale: float = 7.5
     # Below 1 so that the stretched-edge pre-fill still guides the new area's colours.
     strength: float = 0.85
-    num_images: int = 1
-    seed: int | None = None
     max_pixels: int = MAX_PIXELS
 
     def __post_init__(self):
@@ -392,29 +388,20 @@ class OutpaintRequest:
 
         Margins.checked(self.left, self.right, self.top, self.bottom)
 
-    def to_dict(self) -> dict:
-        """Plain JSON-ready fields (what the image metadata stores)."""
-        return image_request_dict(self)
-
 
 @dataclass(frozen=True)
-class ColorizeRequest:
+class ColorizeRequest(ImageRequestBase):
     """Colour a grey or sepia picture: chroma from the model, luma kept from the input."""
 
     image: object
     model: ModelOptions
     prompt: str = ""
     color_prompt: str = "a colorful photo"  # what asks the model for colour; the user's prompt comes first
-    negative_prompt: str = ""
-    num_inference_steps: int = 30
-    guidance_scale: float = 7.5
     strength: float = 0.75  # enough to repaint colour, little enough to keep the shapes
     controlnet: str | None = None  # a ControlNet (folder or repo id) fed the grey picture, when the preset names one
     controlnet_conditioning_scale: float = 1.0
     width: int | None = None
     height: int | None = None
-    num_images: int = 1
-    seed: int | None = None
 
     def __post_init__(self):
         _check_shared(self)
@@ -426,28 +413,19 @@ class ColorizeRequest:
         """The prompt the model gets: the user's words, then the colour request."""
         return ", ".join(p for p in (self.prompt.strip(), self.color_prompt.strip()) if p)
 
-    def to_dict(self) -> dict:
-        """Plain JSON-ready fields (what the image metadata stores)."""
-        return image_request_dict(self)
-
 
 @dataclass(frozen=True)
-class UpscaleRequest:
+class UpscaleRequest(ImageRequestBase):
     """Enlarge a picture 2x or 4x, adding detail with the model."""
 
     image: object
     model: ModelOptions
     prompt: str = ""
     scale: int = 4
-    negative_prompt: str = ""
-    num_inference_steps: int = 30
-    guidance_scale: float = 7.5
     strength: float = 0.3  # tiled path: low, so tiles add detail without inventing new objects
     tile: int | None = None  # tiled path: tile side in pixels; None: the model's native size
     overlap: int | None = None  # tiled path: pixels neighbouring tiles share; None: a quarter tile
     noise_level: int = 20  # x4 upscaler only: noise added to the low-res input (diffusers' default)
-    num_images: int = 1
-    seed: int | None = None
     max_pixels: int = MAX_PIXELS
 
     def __post_init__(self):
@@ -456,11 +434,9 @@ class UpscaleRequest:
         if self.scale not in UPSCALE_FACTORS:
             raise InputError(f"scale {self.scale} is not supported: use --scale 2 or --scale 4")
         check_size("tile", self.tile)
-        if self.overlap is not None and not 0 <= self.overlap < (self.tile or 64):
-            raise InputError(f"overlap {self.overlap} must be at least 0 and less than the tile size")
+        if self.overlap is not None and self.overlap < 0:
+            raise InputError(f"overlap {self.overlap} is negative: use 0 or more (a quarter tile is usual)")
+        if self.overlap is not None and self.tile is not None and self.overlap >= self.tile:
+            raise InputError(f"overlap {self.overlap} must be less than the tile size {self.tile}: lower --overlap")
         if not 0 <= self.noise_level <= 350:
             raise InputError(f"noise-level {self.noise_level} is out of range: use 0 to 350 (20 is usual)")
-
-    def to_dict(self) -> dict:
-        """Plain JSON-ready fields (what the image metadata stores)."""
-        return image_request_dict(self)

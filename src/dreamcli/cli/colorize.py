@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,7 +23,7 @@ from dreamcli.cli.image_common import (
 def colorize(
     image: ImageArg,
     prompt: Annotated[str, typer.Argument(help="What the picture shows, with colours if you know them.")] = "",
-    color_prompt: Annotated[Optional[str], typer.Option(
+    color_prompt: Annotated[str | None, typer.Option(
         "--color-prompt", help="Words that ask for colour, after PROMPT (default: 'a colorful photo').")] = None,
     strength: Strength = None,
     model: common.Model = None,
@@ -34,9 +34,9 @@ def colorize(
     steps: common.Steps = None,
     guidance: common.Guidance = None,
     negative: common.Negative = None,
-    width: Annotated[Optional[int], typer.Option(
+    width: Annotated[int | None, typer.Option(
         "-W", "--width", help="Width the model works at (default: the picture's shape at the model's size).")] = None,
-    height: Annotated[Optional[int], typer.Option(
+    height: Annotated[int | None, typer.Option(
         "-H", "--height", help="Height the model works at (multiple of 8).")] = None,
     scheduler: common.Scheduler = None,
     lora: common.Lora = None,
@@ -55,12 +55,7 @@ def colorize(
     from dreamcli.requests import ColorizeRequest
     from dreamcli.tasks.colorize import iter_colorize
 
-    flags = shared_flags(
-        model=model, preset=preset, model_config=model_config, num_images=num_images, seed=seed, steps=steps,
-        guidance=guidance, negative=negative, scheduler=scheduler, lora=lora, outdir=outdir, format=format,
-        device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling, attention_slicing=attention_slicing,
-        allow_unsafe_pickle=allow_unsafe_pickle,
-    )
+    flags = shared_flags(locals())  # the shared flags, picked by name from the arguments
     with user_errors():
         settings, used_preset = task_settings(flags)
         request = build_request(

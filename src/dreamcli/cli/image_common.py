@@ -26,9 +26,16 @@ DEMO_HINT = (
 )
 
 
-def shared_flags(**flags) -> dict:
-    """The flags every generating command has, by their settings names (None where not given)."""
-    return {k: (v or None) if k == "lora" else v for k, v in flags.items()}
+SHARED_FLAGS = (
+    "model", "preset", "model_config", "num_images", "seed", "steps", "guidance", "negative", "scheduler",
+    "lora", "outdir", "format", "device", "dtype", "offload", "vae_tiling", "attention_slicing",
+    "allow_unsafe_pickle",
+)
+
+
+def shared_flags(arguments: dict) -> dict:
+    """The flags every generating command has, picked from a command's arguments (None where not given)."""
+    return {k: (arguments[k] or None) if k == "lora" else arguments[k] for k in SHARED_FLAGS}
 
 
 def task_settings(flags: dict, task_model_key: str | None = None) -> tuple[dict, str | None]:

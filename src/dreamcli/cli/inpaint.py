@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,9 +23,9 @@ from dreamcli.cli.image_common import (
 def inpaint(
     image: ImageArg,
     prompt: Annotated[str, typer.Argument(help="What to paint in the masked area.")] = "",
-    mask: Annotated[Optional[str], typer.Option(
+    mask: Annotated[str | None, typer.Option(
         "--mask", help="White (or opaque) marks the area to repaint; any image mode.")] = None,
-    mask_blur: Annotated[Optional[float], typer.Option(
+    mask_blur: Annotated[float | None, typer.Option(
         "--mask-blur", help="Feather the mask's edge by this many pixels (default 4).")] = None,
     invert_mask: Annotated[bool, typer.Option("--invert-mask", help="Repaint the black area instead.")] = False,
     strength: Strength = None,
@@ -37,9 +37,9 @@ def inpaint(
     steps: common.Steps = None,
     guidance: common.Guidance = None,
     negative: common.Negative = None,
-    width: Annotated[Optional[int], typer.Option(
+    width: Annotated[int | None, typer.Option(
         "-W", "--width", help="Width the model works at (default: the picture's shape at the model's size).")] = None,
-    height: Annotated[Optional[int], typer.Option(
+    height: Annotated[int | None, typer.Option(
         "-H", "--height", help="Height the model works at (multiple of 8).")] = None,
     scheduler: common.Scheduler = None,
     lora: common.Lora = None,
@@ -58,12 +58,7 @@ def inpaint(
     from dreamcli.requests import InpaintRequest
     from dreamcli.tasks.inpaint import iter_inpaint
 
-    flags = shared_flags(
-        model=model, preset=preset, model_config=model_config, num_images=num_images, seed=seed, steps=steps,
-        guidance=guidance, negative=negative, scheduler=scheduler, lora=lora, outdir=outdir, format=format,
-        device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling, attention_slicing=attention_slicing,
-        allow_unsafe_pickle=allow_unsafe_pickle,
-    )
+    flags = shared_flags(locals())  # the shared flags, picked by name from the arguments
     with user_errors():
         settings, used_preset = task_settings(flags, "inpaint_model")
         request = build_request(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,7 +23,7 @@ from dreamcli.cli.image_common import (
 
 
 def _margin(name: str, what: str):
-    return Annotated[Optional[int], typer.Option(f"--{name}", help=f"Pixels to add {what} (rounded up to 8).")]
+    return Annotated[int | None, typer.Option(f"--{name}", help=f"Pixels to add {what} (rounded up to 8).")]
 
 
 def outpaint(
@@ -33,7 +33,7 @@ def outpaint(
     right: _margin("right", "on the right") = None,
     top: _margin("top", "at the top") = None,
     bottom: _margin("bottom", "at the bottom") = None,
-    all_sides: Annotated[Optional[int], typer.Option(
+    all_sides: Annotated[int | None, typer.Option(
         "--all", help="Pixels to add on every side (a side's own flag wins).")] = None,
     strength: Strength = None,
     max_pixels: MaxPixels = MAX_PIXELS,
@@ -62,12 +62,7 @@ def outpaint(
     from dreamcli.requests import OutpaintRequest
     from dreamcli.tasks.outpaint import iter_outpaint
 
-    flags = shared_flags(
-        model=model, preset=preset, model_config=model_config, num_images=num_images, seed=seed, steps=steps,
-        guidance=guidance, negative=negative, scheduler=scheduler, lora=lora, outdir=outdir, format=format,
-        device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling, attention_slicing=attention_slicing,
-        allow_unsafe_pickle=allow_unsafe_pickle,
-    )
+    flags = shared_flags(locals())  # the shared flags, picked by name from the arguments
     sides = {name: value if value is not None else (all_sides or 0)
              for name, value in (("left", left), ("right", right), ("top", top), ("bottom", bottom))}
     with user_errors():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,11 +26,11 @@ def upscale(
     image: ImageArg,
     prompt: Annotated[str, typer.Argument(help="What the picture shows (optional; guides new detail).")] = "",
     scale: Annotated[int, typer.Option("--scale", help="Enlargement: 2 or 4.")] = 4,
-    tile: Annotated[Optional[int], typer.Option(
+    tile: Annotated[int | None, typer.Option(
         "--tile", help="Tile side in pixels (default: the model's size); memory follows the tile.")] = None,
-    overlap: Annotated[Optional[int], typer.Option(
+    overlap: Annotated[int | None, typer.Option(
         "--overlap", help="Pixels neighbouring tiles share (default: a quarter tile).")] = None,
-    noise_level: Annotated[Optional[int], typer.Option(
+    noise_level: Annotated[int | None, typer.Option(
         "--noise-level", help="x4 upscaler only: noise added to the input (default 20).")] = None,
     strength: Strength = None,
     max_pixels: MaxPixels = MAX_PIXELS,
@@ -59,12 +59,7 @@ def upscale(
     from dreamcli.requests import UpscaleRequest
     from dreamcli.tasks.upscale import iter_upscale
 
-    flags = shared_flags(
-        model=model, preset=preset, model_config=model_config, num_images=num_images, seed=seed, steps=steps,
-        guidance=guidance, negative=negative, scheduler=scheduler, lora=lora, outdir=outdir, format=format,
-        device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling, attention_slicing=attention_slicing,
-        allow_unsafe_pickle=allow_unsafe_pickle,
-    )
+    flags = shared_flags(locals())  # the shared flags, picked by name from the arguments
     with user_errors():
         settings, used_preset = task_settings(flags, "upscale_model")
         request = build_request(

@@ -36,7 +36,7 @@ class Margins:
     @classmethod
     def checked(cls, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0) -> Margins:
         """Validate user margins: none negative, at least one positive."""
-        for side, value in zip(SIDES, (left, right, top, bottom)):
+        for side, value in zip(SIDES, (left, right, top, bottom), strict=True):
             if value < 0:
                 raise InputError(f"--{side} {value} is negative: margins add pixels, use 0 or more")
         if not any((left, right, top, bottom)):
@@ -50,6 +50,10 @@ class Margins:
     def as_tuple(self) -> tuple[int, int, int, int]:
         """(left, right, top, bottom)."""
         return (self.left, self.right, self.top, self.bottom)
+
+    def named(self) -> dict[str, int]:
+        """{side: pixels} for the sides that grow."""
+        return {side: v for side, v in zip(SIDES, self.as_tuple(), strict=True) if v}
 
     def grown(self, size: tuple[int, int]) -> tuple[int, int]:
         """The size of a (width, height) picture with these margins added."""
@@ -124,7 +128,7 @@ def plan_steps(margins: Margins, step: int) -> list[tuple[str, int]]:
     """
     step = max(8, step - step % 8)
     passes = []
-    for side, total in zip(SIDES, margins.as_tuple()):
+    for side, total in zip(SIDES, margins.as_tuple(), strict=True):
         # Equal passes (264 px is 136 + 128, not 256 + 8): a sliver of a pass has too little to draw.
         left = total
         for count in range(math.ceil(total / step), 0, -1):

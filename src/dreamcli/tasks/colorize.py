@@ -13,7 +13,7 @@ from dreamcli.tasks.image_common import (
     StepCallback,
     StepCounter,
     base_seed,
-    cpu_generator,
+    call_kwargs,
     denoise_steps,
     make_image_record,
     native_size,
@@ -61,17 +61,7 @@ def propose_colour(pipe, grey: Image.Image, size: tuple[int, int], request: Colo
     if request.controlnet:
         kwargs = {"control_image": control,
                   "controlnet_conditioning_scale": request.controlnet_conditioning_scale}
-    return pipe(
-        prompt=request.full_prompt,
-        negative_prompt=request.negative_prompt or None,
-        image=control,
-        strength=request.strength,
-        num_inference_steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale,
-        generator=cpu_generator(seed),
-        callback_on_step_end=callback,
-        **kwargs,
-    ).images[0]
+    return pipe(image=control, **call_kwargs(request, request.full_prompt, seed, callback), **kwargs).images[0]
 
 
 def iter_colorize(request: ColorizeRequest, on_step: StepCallback | None = None) -> Iterator[ImageResult]:

@@ -114,6 +114,19 @@ def cpu_generator(seed: int):
     return torch.Generator("cpu").manual_seed(seed)
 
 
+def call_kwargs(request, prompt: str, seed: int, callback) -> dict:
+    """The arguments every image-to-image diffusers call here shares (strength-based pipelines)."""
+    return {
+        "prompt": prompt,
+        "negative_prompt": request.negative_prompt or None,
+        "strength": request.strength,
+        "num_inference_steps": request.num_inference_steps,
+        "guidance_scale": request.guidance_scale,
+        "generator": cpu_generator(seed),
+        "callback_on_step_end": callback,
+    }
+
+
 def sub_seed(seed: int, part: int) -> int:
     """A distinct, reproducible seed for one pass or tile of an image (not seed + i: that is image i+1)."""
     return (seed * 1_000_003 + part * 7919 + 1) % (2**63 - 1)

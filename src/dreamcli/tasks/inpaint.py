@@ -14,7 +14,7 @@ from dreamcli.tasks.image_common import (
     StepCounter,
     as_rgb,
     base_seed,
-    cpu_generator,
+    call_kwargs,
     denoise_steps,
     make_image_record,
     native_size,
@@ -45,17 +45,11 @@ def draw_masked(pipe, image: Image.Image, mask: Image.Image, size: tuple[int, in
     """One call of diffusers' inpaint pipeline at `size`, returned at the input's size."""
     work_w, work_h = size
     out = pipe(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt or None,
         image=image.resize((work_w, work_h), Image.Resampling.LANCZOS),
         mask_image=mask.resize((work_w, work_h), Image.Resampling.NEAREST),
         width=work_w,
         height=work_h,
-        strength=request.strength,
-        num_inference_steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale,
-        generator=cpu_generator(seed),
-        callback_on_step_end=callback,
+        **call_kwargs(request, request.prompt, seed, callback),
     ).images[0]
     return out.resize(image.size, Image.Resampling.LANCZOS) if out.size != image.size else out
 

@@ -50,7 +50,7 @@ def window(canvas_size: tuple[int, int], step: Margins, native: int) -> tuple[in
     A single pass over all sides (the canvas fits the native size) takes the whole canvas.
     """
     w, h = canvas_size
-    sides = [s for s, v in zip(("left", "right", "top", "bottom"), step.as_tuple()) if v]
+    sides = list(step.named())
     if len(sides) != 1:
         return (0, 0, w, h)
     side = sides[0]
@@ -94,7 +94,7 @@ def iter_outpaint(request: OutpaintRequest, on_step: StepCallback | None = None)
     if margins != asked:
         notes.append(
             "margins rounded up to multiples of 8: "
-            + ", ".join(f"{side} {v}" for side, v in zip(("left", "right", "top", "bottom"), margins.as_tuple()) if v)
+            + ", ".join(f"{side} {v}" for side, v in margins.named().items())
             + f" (output {final_size[0]}x{final_size[1]})"
         )
     pipe, loaded = pipeline_for("inpaint", request.model)
@@ -110,7 +110,7 @@ def iter_outpaint(request: OutpaintRequest, on_step: StepCallback | None = None)
         picture.paste(original, (margins.left, margins.top))
         record = make_image_record(
             "outpaint", request, loaded, pipe, seed, index, picture,
-            {"margins": dict(zip(("left", "right", "top", "bottom"), margins.as_tuple())), "passes": len(passes)},
+            {"margins": margins.named(), "passes": len(passes)},
         )
         yield ImageResult(picture, seed, index, record, notes)
 

@@ -20,6 +20,7 @@ from dreamcli.tasks.image_common import (
     StepCounter,
     as_rgb,
     base_seed,
+    call_kwargs,
     check_output_size,
     cpu_generator,
     denoise_steps,
@@ -145,16 +146,10 @@ def upscale_tiled(pipe, canvas: Image.Image, tile: int, overlap: int, request: U
     def redraw(part: Image.Image, index: int) -> Image.Image:
         size = (round8(part.width), round8(part.height))  # edge tiles of odd sizes: the VAE wants 8s
         return pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt or None,
             image=part if part.size == size else part.resize(size, Image.Resampling.LANCZOS),
             width=size[0],
             height=size[1],
-            strength=request.strength,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            generator=cpu_generator(sub_seed(seed, index)),
-            callback_on_step_end=counter,
+            **call_kwargs(request, request.prompt, sub_seed(seed, index), counter),
         ).images[0]
 
     return process_tiles(canvas, (tile, tile), overlap, redraw)
