@@ -45,10 +45,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the timed commands (default: unset)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="dream-bench-"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DREAMCLI_HOME": str(work / "home")}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     try:
         model = build_tiny_model(work)
         dream = dream_command()

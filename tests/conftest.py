@@ -14,6 +14,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_SESSION_DIR / "hf")
 os.environ["HF_HUB_CACHE"] = str(_SESSION_DIR / "hf" / "hub")
 os.environ["DREAMCLI_HOME"] = str(_SESSION_DIR / "dreamcli-home")
+# Tiny models gain nothing from threads, and on a busy 2-core CI machine spinning OpenMP threads
+# made one 32 px image take a minute instead of under a second. Subprocesses inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
