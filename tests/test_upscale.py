@@ -122,3 +122,9 @@ def test_demo_model_upscale_shrinks_back_to_the_input(tmp_path):
     assert out.size == (256, 256)
     back = out.resize(small.size, Image.Resampling.LANCZOS)
     assert psnr(back, small) >= 25
+
+
+def test_a_missing_model_path_is_refused_with_one_line(upscale, tmp_path):
+    image = save(texture(12, 12), tmp_path / "in.png")
+    result, outdir = upscale(image, model=tmp_path / "no-such-model")
+    assert_refused(result, outdir, "no-such-model", "not found")

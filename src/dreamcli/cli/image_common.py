@@ -96,6 +96,12 @@ def json_line(path: Path, record: dict) -> dict:
     return line
 
 
+def stop(progress) -> None:
+    """Stop a progress display only if it ever started (rich prints an empty line otherwise)."""
+    if progress.live.is_started:
+        progress.stop()
+
+
 def run_task(iterate, request, outdir: Path, fmt: str, preset: str | None, as_json: bool, quiet: bool,
              slug: str) -> int:
     """Run one task, writing each picture as soon as it exists; returns the exit code."""
@@ -112,27 +118,31 @@ def run_task(iterate, request, outdir: Path, fmt: str, preset: str | None, as_js
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True, disable=quiet,
     )
+    steps = progress.add_task("steps", total=None)
+
+    def on_step(done: int, of: int) -> None:
+        # Started at the first step, so errors raised while loading leave no empty progress line.
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(steps, completed=done, total=of)
+
     try:
-        with progress:
-            steps = progress.add_task("steps", total=None)
-
-            def on_step(done: int, of: int) -> None:
-                progress.update(steps, completed=done, total=of)
-
-            for result in iterate(request, on_step):
-                for note in result.notes:
-                    if note not in shown:
-                        shown.add(note)
-                        console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
-                outdir_ready = ensure_outdir(outdir)
-                path = save_atomic(result.image, outdir_ready, result.seed, slug, fmt,
-                                   **save_options(result.record, fmt))
-                written += 1
-                progress.reset(steps)
-                emit(json.dumps(json_line(path, result.record)) if as_json else str(path))
+        for result in iterate(request, on_step):
+            for note in result.notes:
+                if note not in shown:
+                    shown.add(note)
+                    console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
+            outdir_ready = ensure_outdir(outdir)
+            path = save_atomic(result.image, outdir_ready, result.seed, slug, fmt, **save_options(result.record, fmt))
+            written += 1
+            progress.reset(steps)
+            emit(json.dumps(json_line(path, result.record)) if as_json else str(path))
     except KeyboardInterrupt:
+        stop(progress)
         hint(f"interrupted: kept {written} finished image(s) in {outdir}")
         return common.INTERRUPTED
+    finally:
+        stop(progress)
     elapsed = time.perf_counter() - started
     hint(f"{written} image(s) in {elapsed:.1f} s", quiet)
     return 0

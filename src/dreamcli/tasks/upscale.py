@@ -39,7 +39,7 @@ _X4_CACHE: dict[tuple, object] = {}
 def is_x4_upscaler(model_ref: str) -> bool:
     """True when a model reference is an SD x4 upscaler (its model_index names the upscale pipeline)."""
     from dreamcli.config import PACKAGE_PREFIX
-    from dreamcli.engine import cached_snapshot, resolve_model
+    from dreamcli.engine import REPO_ID, cached_snapshot, resolve_model
 
     if model_ref.startswith(PACKAGE_PREFIX):
         return False
@@ -48,7 +48,7 @@ def is_x4_upscaler(model_ref: str) -> bool:
         return False
     index = path / "model_index.json"
     if not index.is_file():
-        snapshot = cached_snapshot(model_ref) if not path.exists() and "/" in model_ref else None
+        snapshot = cached_snapshot(model_ref) if not path.exists() and REPO_ID.match(model_ref) else None
         if snapshot is None:
             # Not on disk: only the name can tell (the hub's stabilityai/stable-diffusion-x4-upscaler).
             resolve_model(model_ref)  # raises the usual "not found" errors
