@@ -11,6 +11,7 @@ import argparse
 import copy
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -273,6 +274,9 @@ def main(argv: list[str] | None = None) -> None:
     pipe = train_diffusion(work, data, vae, tokenizer, args.seed, args.steps, args.batch, args.lr, args.eval_every)
     # Step 6: save the EMA weights as a standard diffusers folder with safetensors.
     pipe.save_pretrained(args.out, safe_serialization=True)
+    # transformers 5 writes only tokenizer.json; the BPE files keep the folder loadable by 4.x too.
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(work / "tokenizer-files" / name, Path(args.out) / "tokenizer" / name)
     log(work, stage="saved", out=args.out)
 
 
