@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import pixels, written
 from PIL import Image
 from safetensors import safe_open
 
+from conftest import pixels, written
 from dreamcli.requests import TuneConfig
 
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from safetensors import safe_open
+
 from test_tune import subject_images
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.text import Text
@@ -137,72 +137,72 @@ class _nothing:
 
 
 def tune(
-    images: Annotated[Optional[str], typer.Option(
+    images: Annotated[str | None, typer.Option(
         "--images", help="Folder with 3-20 photos of the subject.", show_default=False)] = None,
-    class_word: Annotated[Optional[str], typer.Option(
+    class_word: Annotated[str | None, typer.Option(
         "--class", help="What the subject is (dog, person, mug): the prior to keep.", show_default=False)] = None,
-    token: Annotated[Optional[str], typer.Option("--token", help="Rare word bound to the subject (default: sks).")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="Rare word bound to the subject (default: sks).")] = None,
     model: common.Model = None,
     preset: common.Preset = None,
     model_config: common.ModelConfig = None,
     outdir: common.Outdir = None,
-    prompt: Annotated[Optional[str], typer.Option(
+    prompt: Annotated[str | None, typer.Option(
         "--prompt", help="Instance prompt (default: a photo of {token} {class}).")] = None,
-    class_prompt: Annotated[Optional[str], typer.Option(
+    class_prompt: Annotated[str | None, typer.Option(
         "--class-prompt", help="Class prompt (default: a photo of {class}).", rich_help_panel=PRIOR)] = None,
-    steps: Annotated[Optional[int], typer.Option(
+    steps: Annotated[int | None, typer.Option(
         "--steps", help="Optimisation steps (default: 400).", rich_help_panel=TRAINING)] = None,
-    lr: Annotated[Optional[float], typer.Option(
+    lr: Annotated[float | None, typer.Option(
         "--lr", help="Learning rate (default: 1e-4).", rich_help_panel=TRAINING)] = None,
-    rank: Annotated[Optional[int], typer.Option(
+    rank: Annotated[int | None, typer.Option(
         "--rank", help="LoRA rank (default: 4).", rich_help_panel=TRAINING)] = None,
-    alpha: Annotated[Optional[float], typer.Option(
+    alpha: Annotated[float | None, typer.Option(
         "--alpha", help="LoRA alpha; scale = alpha/rank (default: rank).", rich_help_panel=TRAINING)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(
+    batch_size: Annotated[int | None, typer.Option(
         "--batch-size", help="Instance images per step per process (default: 1).", rich_help_panel=TRAINING)] = None,
-    grad_accum: Annotated[Optional[int], typer.Option(
+    grad_accum: Annotated[int | None, typer.Option(
         "--grad-accum", help="Batches accumulated per step (default: 1).", rich_help_panel=TRAINING)] = None,
-    resolution: Annotated[Optional[int], typer.Option(
+    resolution: Annotated[int | None, typer.Option(
         "--resolution", help="Training size in px (default: the model's).", rich_help_panel=TRAINING)] = None,
-    random_crop: Annotated[Optional[bool], typer.Option(
+    random_crop: Annotated[bool | None, typer.Option(
         "--random-crop/--center-crop", help="Random crop + flip instead of a centre crop.",
         rich_help_panel=TRAINING, show_default=False)] = None,
-    train_text_encoder: Annotated[Optional[bool], typer.Option(
+    train_text_encoder: Annotated[bool | None, typer.Option(
         "--train-text-encoder", help="Also put LoRA adapters on the text encoder.", rich_help_panel=TRAINING)] = None,
-    mixed_precision: Annotated[Optional[str], typer.Option(
+    mixed_precision: Annotated[str | None, typer.Option(
         "--mixed-precision", help="no | fp16 | bf16 (default: no).", rich_help_panel=TRAINING)] = None,
-    gradient_checkpointing: Annotated[Optional[bool], typer.Option(
+    gradient_checkpointing: Annotated[bool | None, typer.Option(
         "--gradient-checkpointing", help="Recompute activations: less memory, ~30% slower.",
         rich_help_panel=TRAINING)] = None,
-    use_8bit_adam: Annotated[Optional[bool], typer.Option(
+    use_8bit_adam: Annotated[bool | None, typer.Option(
         "--8bit-adam", help="8-bit AdamW (needs bitsandbytes).", rich_help_panel=TRAINING)] = None,
-    seed: Annotated[Optional[int], typer.Option(
+    seed: Annotated[int | None, typer.Option(
         "-s", "--seed", help="Seed for adapter init, noise and shuffling (default: 0).", rich_help_panel=TRAINING)] = None,
-    prior: Annotated[Optional[bool], typer.Option(
+    prior: Annotated[bool | None, typer.Option(
         "--prior/--no-prior", help="Prior-preservation loss on class images (default: on).",
         rich_help_panel=PRIOR, show_default=False)] = None,
-    prior_weight: Annotated[Optional[float], typer.Option(
+    prior_weight: Annotated[float | None, typer.Option(
         "--prior-weight", help="Weight of the class loss (default: 1).", rich_help_panel=PRIOR)] = None,
-    class_images: Annotated[Optional[int], typer.Option(
+    class_images: Annotated[int | None, typer.Option(
         "--class-images", help="Class images to use (default: 100).", rich_help_panel=PRIOR)] = None,
-    class_dir: Annotated[Optional[str], typer.Option(
+    class_dir: Annotated[str | None, typer.Option(
         "--class-dir", help="Your own class images (topped up by the model if too few).",
         rich_help_panel=PRIOR)] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(
+    checkpoint_every: Annotated[int | None, typer.Option(
         "--checkpoint-every", help="Checkpoint every N steps (default: 100).", rich_help_panel=RUN)] = None,
-    resume: Annotated[Optional[bool], typer.Option(
+    resume: Annotated[bool | None, typer.Option(
         "--resume", help="Continue the run in OUTDIR from its newest checkpoint.", rich_help_panel=RUN)] = None,
-    overwrite: Annotated[Optional[bool], typer.Option(
+    overwrite: Annotated[bool | None, typer.Option(
         "--overwrite", help="Replace a previous run in OUTDIR.", rich_help_panel=RUN)] = None,
-    validation_prompt: Annotated[Optional[str], typer.Option(
+    validation_prompt: Annotated[str | None, typer.Option(
         "--validation-prompt", help="Prompt for validation images (default: the instance prompt).",
         rich_help_panel=RUN)] = None,
-    validation_every: Annotated[Optional[int], typer.Option(
+    validation_every: Annotated[int | None, typer.Option(
         "--validation-every", help="Validation images every N steps (0: at the end only).",
         rich_help_panel=RUN)] = None,
-    validation_images: Annotated[Optional[int], typer.Option(
+    validation_images: Annotated[int | None, typer.Option(
         "--validation-images", help="Validation images each time (default: 2).", rich_help_panel=RUN)] = None,
-    export: Annotated[Optional[list[str]], typer.Option(
+    export: Annotated[list[str] | None, typer.Option(
         "--export", help="Also write another format: kohya (A1111, ComfyUI).", rich_help_panel="Output")] = None,
     device: common.Device = None,
     allow_unsafe_pickle: common.AllowUnsafePickle = None,

@@ -33,7 +33,7 @@ def score(images, cases) -> dict[str, float]:
     """Fractions of pictures whose read-back colour, background, position (when asked) and shape match."""
     hits = {"color": 0, "background": 0, "shape": 0, "position": 0}
     asked_pos = 0
-    for image, (_, scene, ask_pos) in zip(images, cases):
+    for image, (_, scene, ask_pos) in zip(images, cases, strict=True):
         r = read(image)
         hits["color"] += r.color == scene.color
         hits["background"] += r.background == scene.background
@@ -80,7 +80,7 @@ def save_grid(images, prompts: list[str], path: str, columns: int = 6) -> None:
     grid = Image.new("RGB", (columns * side, rows * cell_h), "white")
     pen = ImageDraw.Draw(grid)
     font = ImageFont.load_default(size=10)
-    for i, (image, prompt) in enumerate(zip(images, prompts)):
+    for i, (image, prompt) in enumerate(zip(images, prompts, strict=False)):
         x, y = (i % columns) * side, (i // columns) * cell_h
         grid.paste(image, (x, y))
         # Wrap the prompt over up to three short lines under the picture.

@@ -186,7 +186,8 @@ def train_diffusion(work: Path, data, vae, tokenizer, seed: int, steps: int, bat
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     noise_sched = DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=PREDICTION
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type=PREDICTION,
     )
     ckpt_path = work / "checkpoint.pt"
     step = 0
@@ -212,7 +213,8 @@ def train_diffusion(work: Path, data, vae, tokenizer, seed: int, steps: int, bat
         idx = [rng.randrange(len(scenes)) for _ in range(batch)]
         # ~10% empty captions teach the unconditional prediction that classifier-free guidance needs.
         captions = ["" if rng.random() < 0.1 else scenes[i].caption(rng) for i in idx]
-        ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
+        tokens = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt")
+        ids = tokens.input_ids
         x0 = latents[idx]
         # Offset noise lets the model move a picture's mean colour, so flat backgrounds come out saturated.
         noise = torch.randn_like(x0) + 0.1 * torch.randn(batch, x0.shape[1], 1, 1)
@@ -229,7 +231,7 @@ def train_diffusion(work: Path, data, vae, tokenizer, seed: int, steps: int, bat
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
             for ema, live in ((ema_unet, unet), (ema_text, text_encoder)):
-                for pe, pl in zip(ema.parameters(), live.parameters()):
+                for pe, pl in zip(ema.parameters(), live.parameters(), strict=True):
                     pe.lerp_(pl, 1 - decay)
         if step % 50 == 0:
             rate = (step - run_from) / (time.time() - start)
@@ -237,15 +239,17 @@ def train_diffusion(work: Path, data, vae, tokenizer, seed: int, steps: int, bat
         if step % 250 == 0 or step == steps:
             tmp = ckpt_path.with_suffix(".tmp")
             torch.save(
-                {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
-                 "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(), "step": step},
+                {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                 "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(), "opt": opt.state_dict(),
+                 "torch_rng": torch.get_rng_state(), "step": step},
                 tmp,
             )
             tmp.replace(ckpt_path)
         if step % eval_every == 0 or step == steps:
             t0 = time.time()
             metrics = evaluate(pipe, count=48, guidance=7.5, steps=20)
-            log(work, stage="eval", step=step, **{k: round(v, 3) for k, v in metrics.items()}, seconds=round(time.time() - t0))
+            rounded = {k: round(v, 3) for k, v in metrics.items()}
+            log(work, stage="eval", step=step, **rounded, seconds=round(time.time() - t0))
     return pipe
 
 

@@ -123,7 +123,7 @@ def _largest_region(mask: np.ndarray) -> np.ndarray:
     h, w = mask.shape
     seen = np.zeros_like(mask)
     best: list[tuple[int, int]] = []
-    for sy, sx in zip(*np.nonzero(mask)):
+    for sy, sx in zip(*np.nonzero(mask), strict=True):
         if seen[sy, sx]:
             continue
         region, queue = [], deque([(sy, sx)])
@@ -139,7 +139,7 @@ def _largest_region(mask: np.ndarray) -> np.ndarray:
             best = region
     out = np.zeros_like(mask)
     if best:
-        ys, xs = zip(*best)
+        ys, xs = zip(*best, strict=True)
         out[list(ys), list(xs)] = True
     return out
 

@@ -54,7 +54,7 @@ def make_class_images(
             [prompt] * len(seeds), height=resolution, width=resolution, num_inference_steps=steps,
             guidance_scale=guidance, generator=generators,
         ).images
-        for seed, image in zip(seeds, images):
+        for seed, image in zip(seeds, images, strict=True):
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".class-", suffix=".png.part")
             with os.fdopen(fd, "wb") as f:
                 image.save(f, format="PNG")
