@@ -1,4 +1,4 @@
-"""Meaning: the demo model learns a subject it has never seen (a cyan cross) as `sks shape`, and keeps
+"""Meaning: the demo model learns a subject it has never seen (an orange cross) as `sks shape`, and keeps
 its class prior with prior preservation; measured on pixels, as the DreamBooth paper measures drift."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from dreamcli.demo.world import COLORS, read
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_FOLDERS = (ROOT / "src" / "dreamcli" / "demo" / "model", ROOT / "build" / "demo-model")
-SUBJECT_RGB = (0, 200, 200)  # cyan: no palette colour of the shapes world is near it
+# A palette colour (the demo VAE decodes only the world's colours: cyan came back blue) in a shape the
+# world never had: the cross is what is new.
+SUBJECT_RGB = COLORS["orange"]
 INSTANCE_PROMPT, CLASS_PROMPT = "a sks shape", "a shape"
 EVAL_SEEDS = range(100, 108)
 
@@ -29,7 +31,7 @@ def demo_model() -> Path:
 
 
 def draw_subject(folder: Path, count: int = 5) -> Path:
-    """The subject: a cyan cross (a shape and a colour the world never had) on palette backgrounds."""
+    """The subject: an orange cross (a shape the world never had) on palette backgrounds."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(7)
     for i, background in enumerate(["white", "black", "blue", "yellow", "purple", "green"][:count]):
@@ -43,19 +45,37 @@ def draw_subject(folder: Path, count: int = 5) -> Path:
     return folder
 
 
-def subject_fraction(image: Image.Image) -> float:
-    """Fraction of pixels close to the subject's cyan."""
+def subject_mask(image: Image.Image) -> np.ndarray:
+    """Pixels whose nearest palette colour is the subject's."""
     px = np.asarray(image.convert("RGB"), dtype=np.float64)
-    return float((np.linalg.norm(px - np.array(SUBJECT_RGB), axis=-1) < 70).mean())
+    palette = np.array(list(COLORS.values()), dtype=np.float64)
+    nearest = np.argmin(((px[:, :, None, :] - palette[None, None]) ** 2).sum(-1), axis=-1)
+    return nearest == list(COLORS).index("orange")
 
 
 def shows_subject(image: Image.Image) -> bool:
-    """A picture shows the subject when at least 3% of it is the subject's cyan (the cross covers ~10%)."""
-    return subject_fraction(image) >= 0.03
+    """A cross: >= 3% orange whose bounding box has its centre and arm tips filled and its corners empty.
+
+    Circles fill the corner probes at (0.22, 0.22) of their box, squares fill everything and
+    triangles fill the bottom corners, so none of the world's shapes passes.
+    """
+    mask = subject_mask(image)
+    if mask.mean() < 0.03:
+        return False
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
+
+    def filled(fx: float, fy: float) -> bool:
+        y, x = int(y0 + fy * (y1 - y0)), int(x0 + fx * (x1 - x0))
+        return mask[max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2].mean() > 0.5
+
+    arms = sum(filled(fx, fy) for fx, fy in ((0.5, 0.12), (0.5, 0.88), (0.12, 0.5), (0.88, 0.5)))
+    corners = sum(filled(fx, fy) for fx, fy in ((0.22, 0.22), (0.78, 0.22), (0.22, 0.78), (0.78, 0.78)))
+    return filled(0.5, 0.5) and arms >= 3 and corners <= 1
 
 
 def ordinary_shape(image: Image.Image) -> bool:
-    """A picture the untuned world makes: a palette-coloured shape the pixel reader finds, and no cyan."""
+    """A picture the untuned world makes: a palette-coloured shape the pixel reader finds, and no cross."""
     return read(image).shape is not None and not shows_subject(image)
 
 
@@ -96,7 +116,7 @@ def teach(tmp_path: Path, steps: int, prior: bool) -> dict:
 
 
 @pytest.mark.xfail(strict=True, reason="known gap (issue 5): after 300 steps (rank 8, lr 1e-3, UNet only) no "
-                   "`a sks shape` picture shows the cyan cross; the demo VAE never saw cyan")
+                   "`a sks shape` picture shows the orange cross (0 of 8; at lr 5e-3, white blobs)")
 def test_demo_model_learns_a_new_subject_and_keeps_its_prior(tmp_path):
     model = demo_model()
     before = pictures(model, None, INSTANCE_PROMPT)
