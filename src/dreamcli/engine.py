@@ -196,14 +196,15 @@ class LoadedModel:
     def model_hash(self) -> str:
         """A1111-style short hash: the first 10 hex digits of the weights' SHA-256 (a commit for hub repos)."""
         if self._hash is None:
-            self._hash = _model_hash(self.source)
+            self._hash = source_hash(self.source)
         return self._hash
 
 
 _CACHE: dict[tuple, LoadedModel] = {}
 
 
-def _model_hash(source: ModelSource) -> str:
+def source_hash(source: ModelSource) -> str:
+    """A1111-style short hash of a model source (weights SHA-256, or the hub snapshot commit)."""
     if source.kind == "hub":
         return (source.revision or "")[:10]
     path = Path(source.location)
@@ -246,14 +247,16 @@ def _single_file_config(source: ModelSource, model_config: str | None) -> str:
     return repo
 
 
-def _dtype_kwargs(torch_dtype) -> dict:
+def dtype_kwargs(torch_dtype) -> dict:
+    """The dtype keyword for diffusers' from_pretrained, under the name this diffusers version uses."""
     # diffusers renamed `torch_dtype` to `dtype` (0.36+) and warns on the old name.
     from diffusers.pipelines import pipeline_utils
 
     return {"dtype": torch_dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": torch_dtype}
 
 
-def _load_base_pipeline(source: ModelSource, options: ModelOptions, torch_dtype):
+def load_base_pipeline(source: ModelSource, options: ModelOptions, torch_dtype):
+    """Load a fresh text-to-image pipeline for a source, outside the process cache (training edits it)."""
     import diffusers
     import transformers
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -263,7 +266,7 @@ def _load_base_pipeline(source: ModelSource, options: ModelOptions, torch_dtype)
     if source.kind == "file":
         cls = diffusers.StableDiffusionXLPipeline if source.family == "sdxl" else diffusers.StableDiffusionPipeline
         config = _single_file_config(source, options.model_config)
-        kwargs = {"config": config, "local_files_only": Path(config).is_dir(), **_dtype_kwargs(torch_dtype)}
+        kwargs = {"config": config, "local_files_only": Path(config).is_dir(), **dtype_kwargs(torch_dtype)}
         if source.family != "sdxl":
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         try:
@@ -273,7 +276,7 @@ def _load_base_pipeline(source: ModelSource, options: ModelOptions, torch_dtype)
                 raise _hub_error(source, e) from None
             raise
     location = source.location
-    kwargs = _dtype_kwargs(torch_dtype)
+    kwargs = dtype_kwargs(torch_dtype)
     if source.kind == "hub" and source.revision is None:
         # Not cached: from_pretrained downloads what the user named. Its index comes first (a few
         # bytes) so that we know which components to skip before gigabytes move.
@@ -310,7 +313,7 @@ def load_model(options: ModelOptions) -> LoadedModel:
     key = (source.kind, source.location, options.model_config, device, dtype, offload)
     if key in _CACHE:
         return _CACHE[key]
-    pipe = _load_base_pipeline(source, options, DTYPES[dtype])
+    pipe = load_base_pipeline(source, options, DTYPES[dtype])
     pipe.set_progress_bar_config(disable=True)  # progress is ours, on stderr, via on_step
     if offload:
         pipe.enable_model_cpu_offload(device=device)

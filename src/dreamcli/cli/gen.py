@@ -69,19 +69,6 @@ def settings_from_image(path: str) -> dict:
     raise InputError(f"{path} has no generation parameters (no dreamcli or A1111 metadata)")
 
 
-def check_outdir(outdir: Path) -> None:
-    """Fail before any work if the folder cannot be written, without creating anything yet."""
-    import os
-
-    probe = outdir
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(f"output folder {outdir} is not writable ({probe} is a file): choose another with -o")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"output folder {outdir} is not writable (permission denied): choose another with -o")
-
-
 def plan_gen(prompts: list[str], prompts_file: str | None, from_image: str | None, flags: dict) -> GenPlan:
     """Merge settings and validate every request up front, so bad input writes nothing."""
     from dreamcli.prompt_file import parse_prompt_lines, read_prompt_source
@@ -109,6 +96,8 @@ def plan_gen(prompts: list[str], prompts_file: str | None, from_image: str | Non
     if fmt not in FORMATS:
         raise InputError(f"unknown format {settings['format']!r}: use png, jpg or webp")
     outdir = Path(str(settings["outdir"])).expanduser()
+    from dreamcli.io.outputs import check_outdir
+
     check_outdir(outdir)
     return GenPlan(requests, outdir, fmt, preset)
 

@@ -73,7 +73,7 @@ def build_request(cls, settings: dict, **fields):
 
 def output_target(settings: dict) -> tuple[Path, str]:
     """(folder, format) checked before any work."""
-    from dreamcli.cli.gen import check_outdir
+    from dreamcli.io.outputs import check_outdir
 
     fmt = str(settings["format"]).lower().replace("jpeg", "jpg")
     if fmt not in FORMATS:

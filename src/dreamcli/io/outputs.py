@@ -23,6 +23,17 @@ def slugify(prompt: str) -> str:
     return text[:SLUG_MAX].rstrip("-") or "prompt"
 
 
+def check_outdir(outdir: Path) -> None:
+    """Fail before any work if the folder cannot be written, without creating anything yet."""
+    probe = outdir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"output folder {outdir} is not writable ({probe} is a file): choose another with -o")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"output folder {outdir} is not writable (permission denied): choose another with -o")
+
+
 def ensure_outdir(outdir: str | Path) -> Path:
     """Create the output folder and prove it is writable before any work starts."""
     path = Path(outdir).expanduser()

@@ -32,7 +32,7 @@ def controlnet_pipeline(request: ColorizeRequest):
     """
     import diffusers
 
-    from dreamcli.engine import DTYPES, _dtype_kwargs, pipeline_for
+    from dreamcli.engine import DTYPES, dtype_kwargs, pipeline_for
 
     base, loaded = pipeline_for("img2img", request.model)
     key = (request.controlnet, loaded.device, loaded.dtype)
@@ -40,7 +40,7 @@ def controlnet_pipeline(request: ColorizeRequest):
         from dreamcli.errors import ModelNotFound
 
         try:
-            net = diffusers.ControlNetModel.from_pretrained(request.controlnet, **_dtype_kwargs(DTYPES[loaded.dtype]))
+            net = diffusers.ControlNetModel.from_pretrained(request.controlnet, **dtype_kwargs(DTYPES[loaded.dtype]))
         except OSError as e:
             raise ModelNotFound(
                 f"ControlNet {request.controlnet!r} cannot be loaded ({type(e).__name__}): give a diffusers "

@@ -44,11 +44,19 @@ def versions() -> dict:
 
 def make_record(request: GenRequest, loaded, pipe, seed: int, index: int, image) -> dict:
     """The metadata that reproduces one image: its own request (seed and count 1) and the model."""
+    own = replace(request, seed=seed, num_images=1, width=image.width, height=image.height)
+    return base_record(own, loaded, pipe, seed, index, image)
+
+
+def base_record(request, loaded, pipe, seed: int, index: int, image) -> dict:
+    """Keys every dreamcli image record has (what `dream info` and the A1111 text read), for any task.
+
+    `request` is the image's own request: its seed, and a count of one.
+    """
     from dreamcli.schedulers import a1111_sampler_name
 
-    own = replace(request, seed=seed, num_images=1, width=image.width, height=image.height)
     return {
-        "request": own.to_dict(),
+        "request": request.to_dict(),
         "seed": seed,
         "index": index,
         "width": image.width,

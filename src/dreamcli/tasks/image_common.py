@@ -156,29 +156,9 @@ def make_image_record(task: str, request, loaded, pipe, seed: int, index: int, i
 
     Same keys as `dream gen` records (so `dream info` and A1111 readers work), plus the task.
     """
-    from dreamcli.schedulers import a1111_sampler_name
-    from dreamcli.tasks.generate import versions
+    from dreamcli.tasks.generate import base_record
 
     own = replace(request, seed=seed, num_images=1)
-    scheduler_class = pipe.scheduler.__class__.__name__
-    record = {
-        "task": task,
-        "request": own.to_dict(),
-        "seed": seed,
-        "index": index,
-        "width": image.width,
-        "height": image.height,
-        "model": request.model.model,
-        "model_name": loaded.source.name,
-        "model_path": loaded.source.location,
-        "model_hash": loaded.model_hash(),
-        "family": loaded.family,
-        "pipeline": type(pipe).__name__,
-        "scheduler": request.model.scheduler or scheduler_class,
-        "sampler": a1111_sampler_name(request.model.scheduler, scheduler_class),
-        "device": loaded.device,
-        "dtype": loaded.dtype,
-        "versions": versions(),
-    }
+    record = {"task": task, **base_record(own, loaded, pipe, seed, index, image), "pipeline": type(pipe).__name__}
     record.update(extra or {})
     return record

@@ -66,9 +66,9 @@ class _X4Model:
 
     def model_hash(self) -> str:
         """A1111-style short hash of the weights (or the hub commit)."""
-        from dreamcli.engine import _model_hash
+        from dreamcli.engine import source_hash
 
-        return _model_hash(self.source)
+        return source_hash(self.source)
 
 
 def load_x4_upscaler(request: UpscaleRequest) -> _X4Model:
@@ -76,7 +76,7 @@ def load_x4_upscaler(request: UpscaleRequest) -> _X4Model:
     so the engine's AutoPipeline loader does not apply)."""
     import diffusers
 
-    from dreamcli.engine import DTYPES, _dtype_kwargs, cached_snapshot, pick_device, pick_dtype, resolve_model
+    from dreamcli.engine import DTYPES, cached_snapshot, dtype_kwargs, pick_device, pick_dtype, resolve_model
 
     options = request.model
     source = resolve_model(options.model, options.allow_unsafe_pickle)
@@ -88,7 +88,7 @@ def load_x4_upscaler(request: UpscaleRequest) -> _X4Model:
         if source.kind == "hub" and source.revision is not None:
             location = str(cached_snapshot(source.location))
         diffusers.utils.logging.disable_progress_bar()
-        pipe = diffusers.StableDiffusionUpscalePipeline.from_pretrained(location, **_dtype_kwargs(DTYPES[dtype]))
+        pipe = diffusers.StableDiffusionUpscalePipeline.from_pretrained(location, **dtype_kwargs(DTYPES[dtype]))
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
         pipe.own_scheduler_config = dict(pipe.scheduler.config)

@@ -68,7 +68,7 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
     saves a checkpoint and is raised again; `config.resume` continues from the newest checkpoint.
     Raises InputError on bad input before anything is written.
     """
-    from dreamcli.engine import _load_base_pipeline, _model_hash, pick_device  # first: it quiets library logs
+    from dreamcli.engine import load_base_pipeline, pick_device, source_hash  # first: it quiets library logs
 
     from accelerate import Accelerator  # isort: skip
     from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -93,13 +93,13 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
     try:
         set_seed(config.seed, device_specific=True)  # each process draws its own noise
         options = ModelOptions(config.model, config.model_config, allow_unsafe_pickle=config.allow_unsafe_pickle)
-        pipe = _load_base_pipeline(inputs.source, options, torch.float32)
+        pipe = load_base_pipeline(inputs.source, options, torch.float32)
         pipe.set_progress_bar_config(disable=True)
         pipe.to(accelerator.device)
         unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
         noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         resolution = inputs.resolution
-        model_id = f"{inputs.source.kind}:{inputs.source.location}:{_model_hash(inputs.source)}"
+        model_id = f"{inputs.source.kind}:{inputs.source.location}:{source_hash(inputs.source)}"
 
         if main:
             if inputs.start_over:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from dreamcli.errors import InputError
+from dreamcli.io.outputs import check_outdir as check_outdir_writable
 from dreamcli.requests import TuneConfig
 from dreamcli.training import rundir
 
@@ -110,16 +110,6 @@ def native_resolution(source) -> int:
     return NATIVE_SIZES.get(source.family or "sd1", 512)
 
 
-def _check_outdir_writable(outdir: Path) -> None:
-    probe = outdir
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(f"output folder {outdir} is not writable ({probe} is a file): choose another with -o")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"output folder {outdir} is not writable (permission denied): choose another with -o")
-
-
 def run_record(config: TuneConfig) -> dict:
     """The part of tune_config.json that identifies a run (compared on --resume)."""
     return {"settings": config.to_dict()}
@@ -128,7 +118,7 @@ def run_record(config: TuneConfig) -> dict:
 def check_outdir(config: TuneConfig, inputs: TuneInputs) -> None:
     """Refuse to mix two runs in one folder; find the checkpoint --resume continues from."""
     outdir = Path(config.output_dir).expanduser()
-    _check_outdir_writable(outdir)
+    check_outdir_writable(outdir)
     previous = rundir.read_config(outdir) if outdir.is_dir() else None
     leftovers = rundir.our_files(outdir) if outdir.is_dir() else []
     found = rundir.checkpoints(outdir) if outdir.is_dir() else []
