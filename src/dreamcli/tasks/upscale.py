@@ -1,7 +1,8 @@
 """Enlarge a picture 2x or 4x: upscale() and its streaming form iter_upscale().
 
 Two ways: diffusers' SD x4 upscaler pipeline when the model is one, and otherwise a tiled
-img2img upscaler over any checkpoint: resize, then denoise overlapping tiles at low strength.
+img2img upscaler over any checkpoint: resize, then denoise overlapping tiles at low strength, then
+back-project so that the result shrinks back to the input.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from dreamcli.imageops.resample import back_project
 from dreamcli.imageops.tiles import process_tiles, tile_boxes
 from dreamcli.requests import UpscaleRequest
 from dreamcli.tasks.image_common import (
@@ -181,11 +183,13 @@ def iter_upscale(request: UpscaleRequest, on_step: StepCallback | None = None) -
         seed = first + index
         counter = StepCounter(on_step, tiles, denoise_steps(request.num_inference_steps, request.strength))
         canvas = original.resize(target, Image.Resampling.LANCZOS)
-        image = upscale_tiled(pipe, canvas, tile, overlap, request, seed, counter)
+        # Every tile is prompted with the whole picture's prompt, so a tile may invent an object the
+        # prompt names; back-projection keeps the model's fine detail and takes such inventions out.
+        image = back_project(upscale_tiled(pipe, canvas, tile, overlap, request, seed, counter), original)
         record = make_image_record(
             "upscale", request, loaded, pipe, seed, index, image,
             {"method": "tiled-img2img", "tile": tile, "overlap": overlap, "tiles": tiles,
-             "source": source_name(request.image)},
+             "consistency": "back-projection", "source": source_name(request.image)},
         )
         yield ImageResult(image, seed, index, record)
 
