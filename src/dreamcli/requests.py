@@ -47,6 +47,9 @@ class ModelOptions:
     vae_tiling: bool = False
     attention_slicing: bool = False
     allow_unsafe_pickle: bool = False
+    compile: bool = False  # torch.compile the UNet (regional); the first call pays the warm-up
+    channels_last: bool | None = None  # None: on for CUDA, off elsewhere (no gain measured on CPU)
+    fuse_qkv: bool | None = None  # None: on for CUDA while no LoRA is active
 
     def __post_init__(self):
         if not self.model:
@@ -153,7 +156,27 @@ def model_options_from(settings: dict) -> ModelOptions:
         vae_tiling=bool(settings.get("vae_tiling")),
         attention_slicing=bool(settings.get("attention_slicing")),
         allow_unsafe_pickle=bool(settings.get("allow_unsafe_pickle")),
+        compile=bool(settings.get("compile")),
+        channels_last=_tristate(settings.get("channels_last")),
+        fuse_qkv=_tristate(settings.get("fuse_qkv")),
     )
+
+
+def _tristate(value) -> bool | None:
+    # None keeps "auto" (the engine decides by device); anything else is the user's explicit choice.
+    return None if value is None else bool(value)
+
+
+def batch_size_from(settings: dict) -> int:
+    """The number of images per UNet call (`--batch-size`, a preset or config `batch_size`), checked."""
+    value = settings.get("batch_size")
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"batch-size must be a whole number, got {value!r}: use 1 or more")
+    if value < 1:
+        raise InputError(f"batch-size {value} is too small: use 1 or more (1 makes one image per call)")
+    return value
 
 
 def gen_request_from(settings: dict, model: ModelOptions | None = None) -> GenRequest:

@@ -1,14 +1,14 @@
 """The library API: one pure function per task (no printing, no exiting)."""
 
 from dreamcli.tasks.colorize import colorize, iter_colorize
-from dreamcli.tasks.generate import GenResult, generate, iter_generate
+from dreamcli.tasks.generate import GenResult, generate, iter_generate, iter_generate_many
 from dreamcli.tasks.image_common import ImageResult
 from dreamcli.tasks.inpaint import inpaint, iter_inpaint
 from dreamcli.tasks.outpaint import iter_outpaint, outpaint
 from dreamcli.tasks.upscale import iter_upscale, upscale
 
 __all__ = [
-    "GenResult", "generate", "iter_generate",
+    "GenResult", "generate", "iter_generate", "iter_generate_many",
     "ImageResult", "inpaint", "iter_inpaint", "outpaint", "iter_outpaint",
     "colorize", "iter_colorize", "upscale", "iter_upscale",
 ]

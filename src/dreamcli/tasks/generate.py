@@ -1,11 +1,12 @@
-"""Text to image: generate() and its streaming form iter_generate()."""
+"""Text to image: generate(), its streaming form iter_generate(), and batched iter_generate_many()."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
+from dreamcli.errors import InputError
 from dreamcli.requests import GenRequest
 
 StepCallback = Callable[[int, int], None]  # (steps done, total steps) for the current image
@@ -42,10 +43,15 @@ def versions() -> dict:
     }
 
 
-def make_record(request: GenRequest, loaded, pipe, seed: int, index: int, image) -> dict:
-    """The metadata that reproduces one image: its own request (seed and count 1) and the model."""
+def make_record(request: GenRequest, loaded, pipe, seed: int, index: int, image, batch: int = 1) -> dict:
+    """The metadata that reproduces one image: its own request (seed and count 1), the model, and the
+    fast paths it was made with (a batch or a fused attention changes pixels by rounding only)."""
+    from dreamcli.engine import fast_paths
+
     own = replace(request, seed=seed, num_images=1, width=image.width, height=image.height)
-    return base_record(own, loaded, pipe, seed, index, image)
+    record = base_record(own, loaded, pipe, seed, index, image)
+    record["fast_paths"] = {**fast_paths(loaded), "batch": batch}
+    return record
 
 
 def base_record(request, loaded, pipe, seed: int, index: int, image) -> dict:
@@ -74,46 +80,129 @@ def base_record(request, loaded, pipe, seed: int, index: int, image) -> dict:
     }
 
 
-def iter_generate(request: GenRequest, on_step: StepCallback | None = None) -> Iterator[GenResult]:
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to make: its request, its index in that request, and its own seed (base seed + index)."""
+
+    request: GenRequest
+    index: int
+    seed: int
+
+
+def image_jobs(requests: Iterable[GenRequest]) -> list[ImageJob]:
+    """Every image the requests ask for, in order; a request without a seed draws its base seed here."""
+    jobs = []
+    for request in requests:
+        base = request.seed if request.seed is not None else random_seed()
+        jobs += [ImageJob(request, index, base + index) for index in range(request.num_images)]
+    return jobs
+
+
+def iter_generate(request: GenRequest, on_step: StepCallback | None = None, batch_size: int = 1) -> Iterator[GenResult]:
     """Yield images one by one, so a caller can save each before the next starts (Ctrl-C keeps them).
 
     Image i uses seed `request.seed + i`, with noise drawn from a CPU generator: the same seed gives
-    the same picture on any device, and one image of a batch can be re-made alone.
+    the same picture on any device, and one image of a batch can be re-made alone. Up to
+    `batch_size` images share one pipeline call (one UNet batch); each keeps its own generator.
     """
-    import torch
+    return iter_generate_jobs(image_jobs([request]), on_step, batch_size)
 
-    from dreamcli.engine import pipeline_for
 
-    pipe, loaded = pipeline_for("text2img", request.model)
-    base_seed = request.seed if request.seed is not None else random_seed()
-    steps = request.num_inference_steps
+def iter_generate_many(
+    requests: Iterable[GenRequest], on_step: StepCallback | None = None, batch_size: int = 1
+) -> Iterator[GenResult]:
+    """Yield the images of several requests in order, packing consecutive ones into UNet batches.
 
-    def step_end(_pipe, step, _timestep, callback_kwargs):
+    Images batch together when one pipeline call can make them all: same model options, size, steps,
+    guidance and negative prompt (the prompts may differ). Each image equals the one made alone up
+    to float rounding.
+    """
+    return iter_generate_jobs(image_jobs(requests), on_step, batch_size)
+
+
+def iter_generate_jobs(
+    jobs: Iterable[ImageJob], on_step: StepCallback | None = None, batch_size: int = 1
+) -> Iterator[GenResult]:
+    """Make the given images (e.g. one process's share of a prompt file), batched as iter_generate_many says."""
+    from dreamcli.engine import decode_latents, pipeline_for
+
+    if batch_size < 1:
+        raise InputError(f"batch-size {batch_size} is too small: use 1 or more")
+    sizes = {}
+    for batch in _batches(jobs, batch_size, sizes):
+        first = batch[0].request
+        pipe, loaded = pipeline_for("text2img", first.model)
+        width, height = sizes[first.model, first.width, first.height]
+        latents = pipe(
+            prompt=[job.request.prompt for job in batch],
+            # None, not "": SDXL uses zero embeddings for an empty negative prompt, as it was trained.
+            negative_prompt=[first.negative_prompt] * len(batch) if first.negative_prompt else None,
+            num_inference_steps=first.num_inference_steps,
+            guidance_scale=first.guidance_scale,
+            width=width,
+            height=height,
+            generator=[torch_generator(job.seed) for job in batch],
+            callback_on_step_end=_step_callback(on_step, first.num_inference_steps),
+            output_type="latent",  # decoded here, so a half-precision VAE that overflows is re-run in fp32
+        ).images
+        images = decode_latents(loaded, pipe, latents)
+        for job, image in zip(batch, images, strict=True):
+            record = make_record(job.request, loaded, pipe, job.seed, job.index, image, batch=len(batch))
+            yield GenResult(image, job.seed, job.index, record)
+
+
+def _step_callback(on_step: StepCallback | None, steps: int):
+    def step_end(_pipe, step, _timestep, callback_kwargs):  # diffusers' callback_on_step_end
         if on_step is not None:
             on_step(step + 1, steps)
         return callback_kwargs
 
-    # The SD pipeline drops a lone width or height back to the default, so fill the other here.
-    native = pipe.unet.config.sample_size
-    native_h, native_w = native if isinstance(native, (list, tuple)) else (native, native)
-    width = request.width or native_w * pipe.vae_scale_factor
-    height = request.height or native_h * pipe.vae_scale_factor
-
-    for index in range(request.num_images):
-        seed = base_seed + index
-        image = pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt or None,
-            num_inference_steps=steps,
-            guidance_scale=request.guidance_scale,
-            width=width,
-            height=height,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            callback_on_step_end=step_end,
-        ).images[0]
-        yield GenResult(image, seed, index, make_record(request, loaded, pipe, seed, index, image))
+    return step_end
 
 
-def generate(request: GenRequest, on_step: StepCallback | None = None) -> list[GenResult]:
+def torch_generator(seed: int):
+    """A CPU generator: the same seed gives the same noise on any device."""
+    import torch
+
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def _batches(jobs: Iterable[ImageJob], batch_size: int, sizes: dict) -> Iterator[list[ImageJob]]:
+    # Only consecutive jobs are packed, so results come out in the order they were asked for.
+    batch, key = [], None
+    for job in jobs:
+        request = job.request
+        job_key = (request.model, _size(request, sizes), request.num_inference_steps, request.guidance_scale,
+                   request.negative_prompt)
+        if batch and job_key != key:
+            yield batch
+            batch = []
+        batch.append(job)
+        key = job_key
+        if len(batch) == batch_size:  # full: go now rather than after looking at the next job
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _size(request: GenRequest, sizes: dict) -> tuple[int, int]:
+    """(width, height) the request is drawn at; an unset side is the model's native one.
+
+    The SD pipeline drops a lone width or height back to its default, so the other is filled here.
+    """
+    key = (request.model, request.width, request.height)
+    if key not in sizes:
+        from dreamcli.engine import load_model
+
+        pipe = load_model(request.model).pipe
+        native = pipe.unet.config.sample_size
+        native_h, native_w = native if isinstance(native, (list, tuple)) else (native, native)
+        sizes[key] = (request.width or native_w * pipe.vae_scale_factor,
+                      request.height or native_h * pipe.vae_scale_factor)
+    return sizes[key]
+
+
+def generate(request: GenRequest, on_step: StepCallback | None = None, batch_size: int = 1) -> list[GenResult]:
     """Generate `request.num_images` images from a prompt; see iter_generate."""
-    return list(iter_generate(request, on_step))
+    return list(iter_generate(request, on_step, batch_size))
