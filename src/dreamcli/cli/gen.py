@@ -14,7 +14,7 @@ from dreamcli.cli import common
 from dreamcli.cli.common import console, emit, hint, user_errors
 from dreamcli.config import merge_settings
 from dreamcli.errors import InputError
-from dreamcli.requests import FORMATS, GenRequest, gen_request_from, model_options_from
+from dreamcli.requests import FORMATS, GenRequest, batch_size_from, gen_request_from, model_options_from
 from dreamcli.schedulers import scheduler_names
 
 DEMO_HINT = (
@@ -31,6 +31,7 @@ class GenPlan:
     outdir: Path
     fmt: str
     preset: str | None
+    batch_size: int = 1
 
 
 def settings_from_image(path: str) -> dict:
@@ -99,18 +100,97 @@ def plan_gen(prompts: list[str], prompts_file: str | None, from_image: str | Non
     from dreamcli.io.outputs import check_outdir
 
     check_outdir(outdir)
-    return GenPlan(requests, outdir, fmt, preset)
+    return GenPlan(requests, outdir, fmt, preset, batch_size_from(settings))
 
 
 def run_plan(plan: GenPlan, as_json: bool, quiet: bool) -> int:
-    """Load the model once, generate every request, write each image as soon as it exists."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Load the model once, generate every request, write each image as soon as it exists.
 
-    from dreamcli.checkpoints import FAMILIES
-    from dreamcli.engine import load_model
+    Under torchrun / `accelerate launch` the images are shared out between the processes instead.
+    """
+    from dreamcli.parallel import launched
+
+    if launched():
+        return run_sharded(plan, as_json, quiet)
     from dreamcli.io.metadata import save_options
     from dreamcli.io.outputs import ensure_outdir, save_atomic
-    from dreamcli.tasks import iter_generate
+    from dreamcli.tasks import iter_generate_many
+
+    loaded = _load(plan, quiet)
+    total = sum(r.num_images for r in plan.requests)
+    written = 0
+    started = time.perf_counter()
+    progress, on_step = _progress(plan, quiet, total)
+    try:
+        with progress:
+            for result in iter_generate_many(plan.requests, on_step, plan.batch_size):
+                outdir = ensure_outdir(plan.outdir)  # created only once there is something to write
+                path = save_atomic(
+                    result.image, outdir, result.seed, result.record["request"]["prompt"], plan.fmt,
+                    **save_options(result.record, plan.fmt),
+                )
+                written += 1
+                progress.advance(progress.task_ids[0])
+                progress.reset(progress.task_ids[1])
+                emit(_result_line(path, result.record, as_json))
+    except KeyboardInterrupt:
+        hint(f"interrupted: kept {written} finished image(s) in {plan.outdir}")
+        return common.INTERRUPTED
+    _summary(written, time.perf_counter() - started, loaded, quiet)
+    return 0
+
+
+def run_sharded(plan: GenPlan, as_json: bool, quiet: bool) -> int:
+    """One of several launched processes: make this process's share of the images.
+
+    The main process draws the random seeds and reads the folder's next counter; image k of the run
+    is written as counter start + k whichever process makes it, so the names are those a single
+    process would write. Paths are printed by the main process, in run order, once all are done.
+    """
+    from dreamcli.engine import pick_device
+    from dreamcli.io.metadata import save_options
+    from dreamcli.io.outputs import ensure_outdir, next_counter
+    from dreamcli.parallel import save_numbered, start_shard
+    from dreamcli.tasks.generate import image_jobs, iter_generate_jobs
+
+    shard = start_shard(pick_device(plan.requests[0].model.device))
+    quiet_here = quiet or not shard.is_main
+    jobs = shard.share(image_jobs(plan.requests) if shard.is_main else None)
+    mine = shard.take(list(enumerate(jobs)))
+    loaded = _load(plan, quiet_here) if mine else None
+    outdir = ensure_outdir(plan.outdir)
+    start = shard.share(next_counter(outdir) if shard.is_main else None)
+    lines, started = [], time.perf_counter()
+    progress, on_step = _progress(plan, quiet_here, len(mine))
+    try:
+        with progress:
+            results = iter_generate_jobs([job for _, job in mine], on_step, plan.batch_size)
+            for (k, job), result in zip(mine, results, strict=True):
+                path = save_numbered(
+                    result.image, outdir, start + k, result.seed, job.request.prompt, plan.fmt,
+                    **save_options(result.record, plan.fmt),
+                )
+                lines.append((k, _result_line(path, result.record, as_json)))
+                progress.advance(progress.task_ids[0])
+                progress.reset(progress.task_ids[1])
+    except KeyboardInterrupt:
+        for _, line in lines:  # this process's finished images; the others print their own
+            emit(line)
+        hint(f"interrupted: process {shard.rank} kept {len(lines)} finished image(s) in {plan.outdir}")
+        return common.INTERRUPTED
+    everything = shard.gather(lines)
+    if shard.is_main:
+        for _, line in sorted(everything):
+            emit(line)
+        _summary(len(everything), time.perf_counter() - started, loaded, quiet, processes=shard.world)
+    shard.close()
+    return 0
+
+
+def _load(plan: GenPlan, quiet: bool):
+    """Load the first request's model (the cache serves the rest) and say what was loaded."""
+    from dreamcli.checkpoints import FAMILIES
+    from dreamcli.engine import load_model
 
     first = plan.requests[0].model
     started = time.perf_counter()
@@ -123,38 +203,37 @@ def run_plan(plan: GenPlan, as_json: bool, quiet: bool) -> int:
         f"loaded in {time.perf_counter() - started:.1f} s",
         quiet,
     )
-    total = sum(r.num_images for r in plan.requests)
-    written = 0
-    started = time.perf_counter()
+    return loaded
+
+
+def _progress(plan: GenPlan, quiet: bool, total: int):
+    """A progress display (images, then steps of the current call) and the on_step callback feeding it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True, disable=quiet or not console.is_terminal,  # no bars in logs
     )
-    try:
-        with progress:
-            images = progress.add_task("images", total=total)
-            steps = progress.add_task("steps", total=plan.requests[0].num_inference_steps)
-            for request in plan.requests:
+    progress.add_task("images", total=total)
+    steps = progress.add_task("steps", total=plan.requests[0].num_inference_steps)
 
-                def on_step(done: int, of: int) -> None:
-                    progress.update(steps, completed=done, total=of)
+    def on_step(done: int, of: int) -> None:
+        progress.update(steps, completed=done, total=of)
 
-                for result in iter_generate(request, on_step):
-                    outdir = ensure_outdir(plan.outdir)
-                    path = save_atomic(
-                        result.image, outdir, result.seed, request.prompt, plan.fmt,
-                        **save_options(result.record, plan.fmt),
-                    )
-                    written += 1
-                    progress.update(images, advance=1)
-                    progress.reset(steps)
-                    emit(json.dumps(_json_line(path, result.record)) if as_json else str(path))
-    except KeyboardInterrupt:
-        hint(f"interrupted: kept {written} finished image(s) in {plan.outdir}")
-        return common.INTERRUPTED
-    elapsed = time.perf_counter() - started
-    hint(f"{written} image(s) in {elapsed:.1f} s ({elapsed / max(written, 1):.2f} s/image)", quiet)
-    return 0
+    return progress, on_step
+
+
+def _summary(written: int, elapsed: float, loaded, quiet: bool, processes: int = 1) -> None:
+    """One line: how many images, how long, and the compile warm-up apart from the per-image time."""
+    warmup = (loaded.compile_seconds or 0.0) if loaded is not None else 0.0
+    per_image = max(elapsed - warmup, 0.0) / max(written, 1)
+    where = f" on {processes} processes" if processes > 1 else ""
+    extra = f", after a {warmup:.1f} s compile warm-up" if warmup else ""
+    hint(f"{written} image(s) in {elapsed:.1f} s{where} ({per_image:.2f} s/image{extra})", quiet)
+
+
+def _result_line(path: Path, record: dict, as_json: bool) -> str:
+    return json.dumps(_json_line(path, record)) if as_json else str(path)
 
 
 def _json_line(path: Path, record: dict) -> dict:
@@ -193,6 +272,10 @@ def gen(
     offload: common.Offload = None,
     vae_tiling: common.VaeTiling = None,
     attention_slicing: common.AttentionSlicing = None,
+    compile: common.Compile = None,
+    channels_last: common.ChannelsLast = None,
+    fuse_qkv: common.FuseQkv = None,
+    batch_size: common.BatchSize = None,
     allow_unsafe_pickle: common.AllowUnsafePickle = None,
     json_out: common.Json = False,
     quiet: common.Quiet = False,
@@ -207,7 +290,8 @@ def gen(
         "seed": seed, "steps": steps, "guidance": guidance, "negative": negative, "width": width,
         "height": height, "scheduler": scheduler, "lora": lora or None, "outdir": outdir, "format": format,
         "device": device, "dtype": dtype, "offload": offload, "vae_tiling": vae_tiling,
-        "attention_slicing": attention_slicing, "allow_unsafe_pickle": allow_unsafe_pickle,
+        "attention_slicing": attention_slicing, "allow_unsafe_pickle": allow_unsafe_pickle, "compile": compile,
+        "channels_last": channels_last, "fuse_qkv": fuse_qkv, "batch_size": batch_size,
     }
     with user_errors():
         plan = plan_gen(prompts or [], prompts_file, from_image, flags)
