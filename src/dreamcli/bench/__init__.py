@@ -1,0 +1,1 @@
+"""`dream bench`: dreamcli's generation path against plain diffusers, on pipelines shaped like SD1.5, SD2.1 and SDXL."""
