@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from dreamcli import __version__
+from dreamcli.cli.bench import bench
 from dreamcli.cli.colorize import colorize
 from dreamcli.cli.gen import gen
 from dreamcli.cli.info import info
@@ -47,6 +48,7 @@ app.command("colorize")(colorize)
 app.command("upscale")(upscale)
 app.command("tune")(tune)
 app.command("dreambooth-tune", help="Alias of `dream tune`.")(tune)
+app.command("bench")(bench)
 
 
 def main() -> None:
