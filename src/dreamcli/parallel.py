@@ -14,11 +14,6 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def is_secondary() -> bool:
-    """True in every launched process but the first: those keep stdout and hints to the first one."""
-    return launched() and int(os.environ.get("RANK", "0")) != 0
-
-
 @dataclass
 class Shard:
     """This process's place among the launched ones, over accelerate's PartialState."""
