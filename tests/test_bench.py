@@ -88,6 +88,46 @@ def test_table_on_stdout_and_gpu_targets_not_judged_on_cpu(quick_run):
     assert "results written to" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "name, unet, encoders",
+    [("sd15", 859.5, [123.1]), ("sd21", 865.9, [340.4]), ("sdxl", 2567.5, [123.1, 694.7])],
+)
+def test_shapes_have_the_published_parameter_counts(name, unet, encoders):
+    """Millions of parameters as the model cards give them (UNet, CLIP text encoders, 83.7M VAE)."""
+    import diffusers
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from dreamcli.bench.shapes import SHAPES
+
+    shape = SHAPES[name]
+    millions = lambda module: round(sum(p.numel() for p in module.parameters()) / 1e6, 1)  # noqa: E731
+    with torch.device("meta"):  # sizes only: no memory, no initialisation cost
+        assert millions(diffusers.UNet2DConditionModel(**shape.unet)) == unet
+        assert millions(diffusers.AutoencoderKL(**shape.vae)) == 83.7
+        kinds = [CLIPTextModel, CLIPTextModelWithProjection]
+        assert [millions(kinds[i](CLIPTextConfig(**c))) for i, c in enumerate(shape.text_encoders)] == encoders
+
+
+def test_sd15_unet_flops_per_step(tmp_path):
+    """SD1.5 at 512 px is about 0.8 TFLOP per image per UNet call; guidance doubles the batch."""
+    import diffusers
+    import torch
+
+    from dreamcli.bench.roofline import unet_flops
+    from dreamcli.bench.shapes import SHAPES
+
+    shape = SHAPES["sd15"]
+    with torch.device("meta"):
+        diffusers.UNet2DConditionModel(**shape.unet).save_config(tmp_path / "unet")
+        diffusers.AutoencoderKL(**shape.vae).save_config(tmp_path / "vae")
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
+    with_cfg = unet_flops(tmp_path, (1, 8), (512, 512), guidance_scale=7.5)
+    assert with_cfg[1] == pytest.approx(1.61e12, rel=0.01) and with_cfg[8] == 8 * with_cfg[1]
+    assert unet_flops(tmp_path, (1,), (512, 512), guidance_scale=1.0)[1] * 2 == with_cfg[1]
+
+
 def _results(device: str, dtype: str, sd15_speedup: float, help_s: float, prompts: int = 10) -> dict:
     run = {"it_per_s": 110.0, "s_per_image": 0.3, "peak_gb": 3.0, "roofline": 0.5}
     return {

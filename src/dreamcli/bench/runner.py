@@ -121,7 +121,8 @@ def measure_model(name: str, s: BenchConfig, workdir: Path, peak_tflops: float |
 
     if is_full_size(name) and not s.device.startswith("cuda"):
         note(f"{name}: a full-size model on a CPU takes seconds per step; fewer --steps keep it short")
-    note(f"{name}: building or reusing its {s.dtype} folder under {workdir}")
+    if name in SHAPES:
+        note(f"{name}: building or reusing its {s.dtype} folder under {workdir}")
     folder = saved_shape(name, workdir, s.dtype, s.device)
     family = folder_family(folder)
     size = native_size(folder)
@@ -134,7 +135,7 @@ def measure_model(name: str, s: BenchConfig, workdir: Path, peak_tflops: float |
     if s.compile:
         paths.append((DreamcliPath(folder, s.device, s.dtype, compile=True), s.batch_sizes))
     if s.offload and s.device != "cpu":  # dreamcli ignores offloading on a CPU: nothing to offload to
-        paths.append((DreamcliPath(folder, s.device, s.dtype, offload=True), s.batch_sizes[:1]))
+        paths.append((DreamcliPath(folder, s.device, s.dtype, offload=True), (min(s.batch_sizes),)))
     entry = {
         "shape": name, "description": SHAPES[name].description if name in SHAPES else "built-in demo model",
         "family": family, "folder": str(folder), "width": size[0], "height": size[1],
@@ -211,7 +212,7 @@ def run_bench(config: BenchConfig, workdir: Path, note: Note) -> dict:
         peak_dtype = torch.bfloat16 if cuda else DTYPES[s.dtype]
         n = (4096 if s.quick else 8192) if cuda else (256 if s.quick else 1024)
         note(f"matmul peak: {n}x{n} {str(peak_dtype).removeprefix('torch.')}")
-        results["matmul_peak"] = matmul_peak(device, peak_dtype, n)
+        results["matmul_peak"] = matmul_peak(device, peak_dtype, n, iters=50 if cuda else 10)
         for name in s.shapes:
             results["models"].append(measure_model(name, s, workdir, results["matmul_peak"]["tflops"], note))
     if s.cli:
