@@ -35,6 +35,7 @@ def test_json_records_where_and_how_it_ran(quick_run):
     assert meta["device"] == "cpu" and meta["dtype"] == "fp32" and meta["device_name"]
     assert {"torch", "diffusers", "transformers", "dreamcli"} <= set(meta["versions"])
     assert meta["date"][:2] == "20"
+    assert meta["wall_s"] > 0 and meta["cpu_s"] > 0  # how much of the machine the run had
     assert settings["shapes"] == ["tiny-sd"] and settings["steps"] == 3 and settings["batch_sizes"] == [1, 2]
     assert settings["quick"] is True and settings["cli"] is False and settings["compile"] is False
     assert data["matmul_peak"]["tflops"] > 0 and data["matmul_peak"]["dtype"] == "float32"

@@ -98,6 +98,11 @@ def table(results: dict) -> str:
     v = meta["versions"]
     lines.append(f"dream bench on {meta['device']} ({meta['device_name']}), {meta['dtype']}; torch {v['torch']}, "
                  f"diffusers {v['diffusers']}, dreamcli {v['dreamcli']}; {meta['date']}")
+    load, cores = (meta.get("load_average") or [0])[0], meta.get("cpu_count") or 1
+    if load > cores:
+        lines.append(f"note: the machine was busy (load average {load:.1f} on {cores} cores): times are inflated")
+    if meta.get("cpu_s") is not None:
+        lines.append(f"run: {num(meta['wall_s'])} s wall, {num(meta['cpu_s'])} s CPU (this process and its commands)")
     peak = results.get("matmul_peak")
     if peak:
         lines.append(f"matmul peak: {num(peak['tflops'])} TFLOP/s ({peak['dtype']}, {peak['n']}^3)")

@@ -12,6 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+try:
+    import resource
+except ImportError:  # Windows: no CPU time of child processes to read
+    resource = None
+
 from dreamcli import engine  # noqa: F401  (first: it quiets diffusers' and transformers' import-time chatter)
 from dreamcli.bench.paths import DiffusersPath, DreamcliPath, peak_gb, reset_peak, sync
 from dreamcli.bench.roofline import matmul_peak, native_size, unet_flops
@@ -174,7 +179,8 @@ def meta(s: BenchConfig, workdir: Path) -> dict:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": s.device, "device_name": device_name(s.device), "dtype": s.dtype,
         "versions": {**versions(), "python": platform.python_version(), "cuda": torch.version.cuda},
-        "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "workdir": str(workdir),
     }
@@ -201,6 +207,7 @@ def run_bench(config: BenchConfig, workdir: Path, note: Note) -> dict:
     from dreamcli.bench.report import evaluate_targets
     from dreamcli.engine import DTYPES, pick_device, pick_dtype
 
+    started = time.perf_counter()
     device = pick_device(config.device)
     quiet_libraries()
     s = config.resolved(device, pick_dtype(config.dtype, device))
@@ -218,4 +225,10 @@ def run_bench(config: BenchConfig, workdir: Path, note: Note) -> dict:
     if s.cli:
         results["cli"] = measure_cli(s, note)
     results["targets"] = evaluate_targets(results)
+    # CPU seconds next to wall seconds tell how much of the machine this run had (shared CI runners).
+    results["meta"]["wall_s"] = time.perf_counter() - started
+    results["meta"]["cpu_s"] = None if resource is None else sum(
+        resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
     return results
