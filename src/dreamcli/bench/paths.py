@@ -13,6 +13,8 @@ def sync(device: str) -> None:
     """Wait for the device: GPU work is queued, so a clock read without this times only the launches."""
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
+    elif device == "mps":
+        torch.mps.synchronize()
 
 
 def reset_peak(device: str) -> None:

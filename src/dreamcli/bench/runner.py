@@ -227,6 +227,8 @@ def run_bench(config: BenchConfig, workdir: Path, note: Note) -> dict:
     results["targets"] = evaluate_targets(results)
     # CPU seconds next to wall seconds tell how much of the machine this run had (shared CI runners).
     results["meta"]["wall_s"] = time.perf_counter() - started
+    if hasattr(os, "getloadavg"):  # over the run, not before it
+        results["meta"]["load_average"] = list(os.getloadavg())
     results["meta"]["cpu_s"] = None if resource is None else sum(
         resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
         for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)

@@ -29,7 +29,8 @@ def bench(
     compile: Annotated[bool | None, typer.Option(
         "--compile/--no-compile", help="Also time dreamcli with --compile (default: on a GPU).")] = None,
     offload: Annotated[bool | None, typer.Option(
-        "--offload/--no-offload", help="Also time dreamcli with --offload, batch 1 (default: on a GPU).")] = None,
+        "--offload/--no-offload",
+        help="Also time dreamcli with --offload, smallest batch (default: on a GPU).")] = None,
     cli: Annotated[bool, typer.Option(
         "--cli/--no-cli", help="Also time dream --help, a demo dream gen, and a shell loop vs --prompts.")] = True,
     loop_prompts: Annotated[int | None, typer.Option(
