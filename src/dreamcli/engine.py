@@ -464,22 +464,25 @@ def set_fused_qkv(loaded: LoadedModel, fused: bool) -> None:
     diffusers keeps the separate projections too, so unfusing only switches the processors back.
     Models with added KV projections cannot be fused; they are left as they are.
     """
+    done = False
     for model in (loaded.pipe.unet, loaded.pipe.vae):
         if not hasattr(model, "fuse_qkv_projections"):
             continue
         if fused:
             try:
                 model.fuse_qkv_projections()
+                done = True
             except ValueError:  # "not supported for models having added KV projections"
-                return
+                continue
         elif getattr(model, "original_attn_processors", None) is not None:
             model.unfuse_qkv_projections()
-    loaded.fused_qkv = fused
+    loaded.fused_qkv = done
 
 
 def compile_unet(loaded: LoadedModel) -> None:
     """torch.compile the UNet once: only its repeated blocks where diffusers lists them (regional
-    compilation: the same speed-up for a fraction of the warm-up), else its whole forward.
+    compilation: each block type is compiled once and reused, so the warm-up is a fraction of the
+    whole model's), else its whole forward.
 
     The first UNet call afterwards pays the compilation; its wall time lands in `loaded.compile_seconds`.
     """
