@@ -163,14 +163,14 @@ def test_demo_model_paints_a_red_circle_into_a_blue_picture(tmp_path):
     blue = Image.new("RGB", (128, 128), COLORS["blue"])
     mask = Image.new("L", (128, 128), 0)
     mask.paste(255, (36, 36, 92, 92))
-    # The demo model does not follow position words, so one seed may put the circle off the mask's
-    # centre: judge red-dominance over three seeds (measured at shipping: 43 %, 92 %, 90 % red).
-    prompt = "a large red circle on a blue background"
+    # At the demo preset's guidance (2.0), asking for the centre, where the mask is (measured at
+    # shipping: 89 %, 91 %, 90 % red for seeds 0-2).
+    prompt = "a large red circle in the center on a blue background"
     shares = []
     for seed in (0, 1, 2):
-        request = InpaintRequest(blue, mask, prompt, ModelOptions(str(folder)), num_inference_steps=20, seed=seed)
+        request = InpaintRequest(blue, mask, prompt, ModelOptions(str(folder)), num_inference_steps=20,
+                                 guidance_scale=2.0, seed=seed)
         out = np.asarray(inpaint(request)[0].image)
         names = [nearest_color(px) for px in out[40:88, 40:88].reshape(-1, 3)]
         shares.append(names.count("red") / len(names))
-    assert np.mean(shares) > 0.5, f"red shares of the masked square: {shares}"
-    assert sum(share > 0.4 for share in shares) >= 2, f"red shares of the masked square: {shares}"
+    assert min(shares) > 0.6, f"red shares of the masked square: {shares}"

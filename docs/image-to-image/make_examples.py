@@ -18,6 +18,7 @@ from dreamcli.tasks import colorize, inpaint, outpaint, upscale
 
 HERE = Path(__file__).parent
 MODEL = ModelOptions("package:demo/model", device="cpu")
+GUIDANCE = 2.0  # the demo preset's
 
 
 def examples() -> list[tuple[str, Image.Image, Image.Image]]:
@@ -27,20 +28,20 @@ def examples() -> list[tuple[str, Image.Image, Image.Image]]:
     mask.paste(255, (36, 36, 92, 92))
     shown_mask = blue.copy()
     ImageDraw.Draw(shown_mask).rectangle((36, 36, 91, 91), outline=(255, 255, 255), width=2)
-    painted = inpaint(InpaintRequest(blue, mask, "a red circle on a blue background", MODEL,
-                                     num_inference_steps=20, seed=0))[0].image
+    painted = inpaint(InpaintRequest(blue, mask, "a large red circle in the center on a blue background", MODEL,
+                                     num_inference_steps=20, guidance_scale=GUIDANCE, seed=0))[0].image
 
     scene = draw(Scene("triangle", "yellow", "green", "center", "small"))
     wider = outpaint(OutpaintRequest(scene, "a yellow triangle on a green background", MODEL, left=64, right=64,
-                                     num_inference_steps=20, seed=0))[0].image
+                                     num_inference_steps=20, guidance_scale=GUIDANCE, seed=0))[0].image
 
     grey = draw(Scene("square", "yellow", "purple", "center", "large")).convert("L").convert("RGB")
     coloured = colorize(ColorizeRequest(grey, MODEL, "a yellow square on a purple background", color_prompt="",
-                                        num_inference_steps=20, seed=0))[0].image
+                                        num_inference_steps=20, guidance_scale=GUIDANCE, seed=0))[0].image
 
     small = draw(Scene("circle", "orange", "white", "left", "large"), size=64)
     bigger = upscale(UpscaleRequest(small, MODEL, "an orange circle on a white background", scale=4,
-                                    num_inference_steps=20, seed=0))[0].image
+                                    num_inference_steps=20, guidance_scale=GUIDANCE, seed=0))[0].image
     return [("inpaint", shown_mask, painted), ("outpaint", scene, wider), ("colorize", grey, coloured),
             ("upscale", small, bigger)]
 
