@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         images = generate_images(pipe, prompts, g, args.steps, seed=0, rescale=args.rescale)
         metrics = score(images, cases)
         seconds = round(time.time() - start, 1)
-        print(json.dumps({"guidance": g, "rescale": args.rescale, "prompts": args.prompts, "steps": args.steps, **metrics, "seconds": seconds}))
+        settings = {"guidance": g, "rescale": args.rescale, "prompts": args.prompts, "steps": args.steps}
+        print(json.dumps({**settings, **metrics, "seconds": seconds}))
         if args.grid and g == args.guidance[0]:
             save_grid(images[:24], prompts[:24], args.grid)
 
