@@ -67,12 +67,12 @@ def test_two_processes_write_what_one_would(tiny, tmp_path, cli):
 
 
 def test_numbered_save_never_overwrites(tmp_path):
-    from dreamcli.parallel import save_numbered
+    from dreamcli.io.outputs import save_atomic
 
     squatter = tmp_path / "00004-1-x.png"
     squatter.write_bytes(b"mine")
-    first = save_numbered(Image.new("RGB", (8, 8), "red"), tmp_path, 4, 1, "x", "png")
-    second = save_numbered(Image.new("RGB", (8, 8), "blue"), tmp_path, 2, 1, "x", "png")
+    first = save_atomic(Image.new("RGB", (8, 8), "red"), tmp_path, 1, "x", "png", counter=4)
+    second = save_atomic(Image.new("RGB", (8, 8), "blue"), tmp_path, 1, "x", "png", counter=2)
     assert squatter.read_bytes() == b"mine"
     assert (first.name, second.name) == ("00005-1-x.png", "00002-1-x.png")  # the given counter, or the next free
     assert pixels(first)[0, 0].tolist() == [255, 0, 0]

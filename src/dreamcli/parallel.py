@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 
 def launched() -> bool:
@@ -63,34 +60,3 @@ def start_shard(device: str) -> Shard:
     from accelerate import PartialState
 
     return Shard(PartialState(cpu=device == "cpu"))
-
-
-def save_numbered(image, outdir: Path, counter: int, seed: int, prompt: str, fmt: str, **save_kwargs) -> Path:
-    """Write an image under the counter it was given (not the folder's next free one), never overwriting.
-
-    Each process writes its share of a run concurrently, so names must come from the job's place in
-    the run, not from the folder's state at write time. The file is written by io's save_atomic into
-    a private staging folder, then linked into place; a name already taken (a process outside this
-    run wrote into the folder) moves on to the next counter, as save_atomic does.
-    """
-    from dreamcli.io.outputs import output_name, save_atomic
-
-    staging = Path(tempfile.mkdtemp(dir=outdir, prefix=".dream-"))
-    try:
-        staged = save_atomic(image, staging, seed, prompt, fmt, **save_kwargs)
-        ext = staged.suffix[1:]
-        while True:
-            final = outdir / output_name(counter, seed, prompt, ext)
-            try:
-                os.link(staged, final)
-                return final
-            except FileExistsError:
-                counter += 1
-            except OSError:  # no hard links on this file system (FAT, some network mounts)
-                if final.exists():
-                    counter += 1
-                    continue
-                os.rename(staged, final)
-                return final
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

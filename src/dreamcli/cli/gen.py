@@ -149,8 +149,8 @@ def run_sharded(plan: GenPlan, as_json: bool, quiet: bool) -> int:
     """
     from dreamcli.engine import pick_device
     from dreamcli.io.metadata import save_options
-    from dreamcli.io.outputs import ensure_outdir, next_counter
-    from dreamcli.parallel import save_numbered, start_shard
+    from dreamcli.io.outputs import ensure_outdir, next_counter, save_atomic
+    from dreamcli.parallel import start_shard
     from dreamcli.tasks.generate import image_jobs, iter_generate_jobs
 
     shard = start_shard(pick_device(plan.requests[0].model.device))
@@ -166,8 +166,8 @@ def run_sharded(plan: GenPlan, as_json: bool, quiet: bool) -> int:
         with progress:
             results = iter_generate_jobs([job for _, job in mine], on_step, plan.batch_size)
             for (k, job), result in zip(mine, results, strict=True):
-                path = save_numbered(
-                    result.image, outdir, start + k, result.seed, job.request.prompt, plan.fmt,
+                path = save_atomic(
+                    result.image, outdir, result.seed, job.request.prompt, plan.fmt, counter=start + k,
                     **save_options(result.record, plan.fmt),
                 )
                 lines.append((k, _result_line(path, result.record, as_json)))

@@ -58,11 +58,13 @@ def output_name(counter: int, seed: int, prompt: str, ext: str) -> str:
     return f"{counter:05d}-{seed}-{slugify(prompt)}.{ext}"
 
 
-def save_atomic(image: Image.Image, outdir: Path, seed: int, prompt: str, fmt: str, **save_kwargs) -> Path:
+def save_atomic(image: Image.Image, outdir: Path, seed: int, prompt: str, fmt: str, counter: int | None = None,
+                **save_kwargs) -> Path:
     """Write to a temporary file, then link it into place under a name that does not exist yet.
 
-    os.link fails instead of replacing, so two processes writing into one folder never clobber each
-    other's files: the loser takes the next counter.
+    The name's counter is `counter` when given (a job's place in a run split across processes),
+    else the folder's next one. os.link fails instead of replacing, so two processes writing into
+    one folder never clobber each other's files: the loser takes the next counter.
     """
     ext = "jpg" if fmt in ("jpg", "jpeg") else fmt
     pil_format = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[ext]
@@ -72,7 +74,7 @@ def save_atomic(image: Image.Image, outdir: Path, seed: int, prompt: str, fmt: s
             image.save(f, format=pil_format, **save_kwargs)
             f.flush()
             os.fsync(f.fileno())
-        counter = next_counter(outdir)
+        counter = next_counter(outdir) if counter is None else counter
         while True:
             final = outdir / output_name(counter, seed, prompt, ext)
             try:

@@ -125,6 +125,7 @@ def iter_generate_jobs(
 ) -> Iterator[GenResult]:
     """Make the given images (e.g. one process's share of a prompt file), batched as iter_generate_many says."""
     from dreamcli.engine import decode_latents, pipeline_for
+    from dreamcli.tasks.image_common import cpu_generator
 
     if batch_size < 1:
         raise InputError(f"batch-size {batch_size} is too small: use 1 or more")
@@ -141,7 +142,7 @@ def iter_generate_jobs(
             guidance_scale=first.guidance_scale,
             width=width,
             height=height,
-            generator=[torch_generator(job.seed) for job in batch],
+            generator=[cpu_generator(job.seed) for job in batch],
             callback_on_step_end=_step_callback(on_step, first.num_inference_steps),
             output_type="latent",  # decoded here, so a half-precision VAE that overflows is re-run in fp32
         ).images
@@ -158,13 +159,6 @@ def _step_callback(on_step: StepCallback | None, steps: int):
         return callback_kwargs
 
     return step_end
-
-
-def torch_generator(seed: int):
-    """A CPU generator: the same seed gives the same noise on any device."""
-    import torch
-
-    return torch.Generator("cpu").manual_seed(seed)
 
 
 def _batches(jobs: Iterable[ImageJob], batch_size: int, sizes: dict) -> Iterator[list[ImageJob]]:
