@@ -215,3 +215,35 @@ def test_compile_same_picture_and_warmup_reported(gen, cli, tiny, tmp_path, fres
     assert loaded.compile_seconds > 0
     compiled_blocks = [m for m in loaded.pipe.unet.modules() if getattr(m, "_compiled_call_impl", None)]
     assert compiled_blocks and all(type(m).__name__ == "BasicTransformerBlock" for m in compiled_blocks)
+
+
+def test_image_to_image_decodes_with_the_fp32_fallback(tiny, fresh_engine, tmp_path):
+    from dreamcli.requests import InpaintRequest, ModelOptions
+    from dreamcli.tasks import inpaint
+
+    source = Image.new("RGB", (64, 64), (30, 60, 200))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    half = ModelOptions(str(tiny["sd1"]), device="cpu", dtype="fp16")
+    loaded = fresh_engine.load_model(half)
+    handle, calls = _overflow_in_half(loaded.pipe.vae)
+    try:
+        result = inpaint(InpaintRequest(source, mask, "x", half, num_inference_steps=2, seed=1, mask_blur=0))[0]
+    finally:
+        handle.remove()
+    assert torch.float32 in calls  # the fp16 decode overflowed and was re-run in fp32
+    inside = np.asarray(result.image, np.int16)[16:48, 16:48]
+    assert np.isfinite(inside).all() and inside.std() > 5  # drawn, not black
+    assert result.record["fast_paths"]["vae_dtype"] == "fp32"
+
+
+def test_image_commands_take_the_fast_path_flags(cli, tiny, tmp_path, fresh_engine):
+    image = tmp_path / "in.png"
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(image)
+    outdir = tmp_path / "out"
+    result = cli("colorize", image, "-m", tiny["sd1"], "--steps", 2, "-o", outdir, "-q", "--fuse-qkv",
+                 "--channels-last")
+    fast = record_of(paths_of(result)[0])["fast_paths"]
+    assert (fast["fused_qkv"], fast["channels_last"], fast["attention"]) == (True, True, "FusedAttnProcessor2_0")
+    for command in ("inpaint", "outpaint", "upscale"):
+        assert "--compile" in cli(command, "--help").stdout

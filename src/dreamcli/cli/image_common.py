@@ -29,7 +29,7 @@ DEMO_HINT = (
 SHARED_FLAGS = (
     "model", "preset", "model_config", "num_images", "seed", "steps", "guidance", "negative", "scheduler",
     "lora", "outdir", "format", "device", "dtype", "offload", "vae_tiling", "attention_slicing",
-    "allow_unsafe_pickle",
+    "compile", "channels_last", "fuse_qkv", "allow_unsafe_pickle",
 )
 
 

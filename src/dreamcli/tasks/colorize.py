@@ -15,6 +15,7 @@ from dreamcli.tasks.image_common import (
     base_seed,
     call_kwargs,
     denoise_steps,
+    draw,
     make_image_record,
     native_size,
     open_input,
@@ -53,7 +54,7 @@ def controlnet_pipeline(request: ColorizeRequest):
     return pipe, loaded
 
 
-def propose_colour(pipe, grey: Image.Image, size: tuple[int, int], request: ColorizeRequest, seed: int,
+def propose_colour(pipe, loaded, grey: Image.Image, size: tuple[int, int], request: ColorizeRequest, seed: int,
                    callback) -> Image.Image:
     """The model's coloured version of the grey picture (img2img with the colour prompt), at `size`."""
     kwargs = {}
@@ -61,7 +62,7 @@ def propose_colour(pipe, grey: Image.Image, size: tuple[int, int], request: Colo
     if request.controlnet:
         kwargs = {"control_image": control,
                   "controlnet_conditioning_scale": request.controlnet_conditioning_scale}
-    return pipe(image=control, **call_kwargs(request, request.full_prompt, seed, callback), **kwargs).images[0]
+    return draw(pipe, loaded, image=control, **call_kwargs(request, request.full_prompt, seed, callback), **kwargs)
 
 
 def iter_colorize(request: ColorizeRequest, on_step: StepCallback | None = None) -> Iterator[ImageResult]:
@@ -85,7 +86,7 @@ def iter_colorize(request: ColorizeRequest, on_step: StepCallback | None = None)
     for index in range(request.num_images):
         seed = first + index
         counter = StepCounter(on_step, 1, denoise_steps(request.num_inference_steps, request.strength))
-        proposal = propose_colour(pipe, grey, size, request, seed, counter)
+        proposal = propose_colour(pipe, loaded, grey, size, request, seed, counter)
         image = recolor(luma, proposal)
         record = make_image_record("colorize", request, loaded, pipe, seed, index, image,
                                    {"work_size": list(size), "prompt_used": request.full_prompt})

@@ -154,8 +154,9 @@ def iter_generate_jobs(
 
 def _step_callback(on_step: StepCallback | None, steps: int):
     def step_end(_pipe, step, _timestep, callback_kwargs):  # diffusers' callback_on_step_end
+        # min(): PNDM calls back once more than it has steps (its warm-up step).
         if on_step is not None:
-            on_step(step + 1, steps)
+            on_step(min(step + 1, steps), steps)
         return callback_kwargs
 
     return step_end

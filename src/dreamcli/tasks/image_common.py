@@ -127,6 +127,15 @@ def call_kwargs(request, prompt: str, seed: int, callback) -> dict:
     }
 
 
+def draw(pipe, loaded, **kwargs) -> Image.Image:
+    """One diffusers call whose latents the engine decodes (a half-precision VAE that overflows is re-run
+    in fp32, so no black pictures)."""
+    from dreamcli.engine import decode_latents
+
+    latents = pipe(output_type="latent", **kwargs).images
+    return decode_latents(loaded, pipe, latents)[0]
+
+
 def sub_seed(seed: int, part: int) -> int:
     """A distinct, reproducible seed for one pass or tile of an image (not seed + i: that is image i+1)."""
     return (seed * 1_000_003 + part * 7919 + 1) % (2**63 - 1)
@@ -156,9 +165,12 @@ def make_image_record(task: str, request, loaded, pipe, seed: int, index: int, i
 
     Same keys as `dream gen` records (so `dream info` and A1111 readers work), plus the task.
     """
+    from dreamcli.engine import LoadedModel, fast_paths
     from dreamcli.tasks.generate import base_record
 
     own = replace(request, seed=seed, num_images=1)
     record = {"task": task, **base_record(own, loaded, pipe, seed, index, image), "pipeline": type(pipe).__name__}
+    if isinstance(loaded, LoadedModel):  # not the x4 upscaler, which has its own pipeline
+        record["fast_paths"] = fast_paths(loaded)
     record.update(extra or {})
     return record

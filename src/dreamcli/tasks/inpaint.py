@@ -16,6 +16,7 @@ from dreamcli.tasks.image_common import (
     base_seed,
     call_kwargs,
     denoise_steps,
+    draw,
     make_image_record,
     native_size,
     open_input,
@@ -40,17 +41,19 @@ def model_mask(soft: Image.Image) -> Image.Image:
     return soft.point(lambda v: 255 if v > 0 else 0)
 
 
-def draw_masked(pipe, image: Image.Image, mask: Image.Image, size: tuple[int, int], request, seed: int,
+def draw_masked(pipe, loaded, image: Image.Image, mask: Image.Image, size: tuple[int, int], request, seed: int,
                 callback) -> Image.Image:
     """One call of diffusers' inpaint pipeline at `size`, returned at the input's size."""
     work_w, work_h = size
-    out = pipe(
+    out = draw(
+        pipe,
+        loaded,
         image=image.resize((work_w, work_h), Image.Resampling.LANCZOS),
         mask_image=mask.resize((work_w, work_h), Image.Resampling.NEAREST),
         width=work_w,
         height=work_h,
         **call_kwargs(request, request.prompt, seed, callback),
-    ).images[0]
+    )
     return out.resize(image.size, Image.Resampling.LANCZOS) if out.size != image.size else out
 
 
@@ -71,7 +74,7 @@ def iter_inpaint(request: InpaintRequest, on_step: StepCallback | None = None) -
     for index in range(request.num_images):
         seed = first + index
         counter = StepCounter(on_step, 1, denoise_steps(request.num_inference_steps, request.strength))
-        drawn = draw_masked(pipe, original, hard, size, request, seed, counter)
+        drawn = draw_masked(pipe, loaded, original, hard, size, request, seed, counter)
         image = paste_back(original, drawn, soft)
         record = make_image_record("inpaint", request, loaded, pipe, seed, index, image,
                                    {"work_size": list(size)})

@@ -63,14 +63,14 @@ def window(canvas_size: tuple[int, int], step: Margins, native: int) -> tuple[in
     return (0, max(0, h - native), w, h)
 
 
-def outpaint_once(pipe, picture: Image.Image, step: Margins, native: int, request, seed: int, counter):
+def outpaint_once(pipe, loaded, picture: Image.Image, step: Margins, native: int, request, seed: int, counter):
     """One pass: grow the canvas by `step`, draw the new strip, keep the old picture's pixels as they were."""
     canvas = expand_canvas(picture, step, seed)
     mask = outpaint_mask(canvas.size, step, seam_band(native))
     box = window(canvas.size, step, native)
     part = canvas.crop(box)
     size = work_size(part.size, native)
-    drawn = draw_masked(pipe, part, mask.crop(box), size, request, seed, counter)
+    drawn = draw_masked(pipe, loaded, part, mask.crop(box), size, request, seed, counter)
     canvas.paste(drawn, box[:2])
     canvas.paste(picture, (step.left, step.top))  # the band was only there to draw the seam
     return canvas
@@ -106,7 +106,7 @@ def iter_outpaint(request: OutpaintRequest, on_step: StepCallback | None = None)
         counter = StepCounter(on_step, len(passes), denoise_steps(request.num_inference_steps, request.strength))
         picture = original
         for number, step in enumerate(passes):
-            picture = outpaint_once(pipe, picture, step, native, request, sub_seed(seed, number), counter)
+            picture = outpaint_once(pipe, loaded, picture, step, native, request, sub_seed(seed, number), counter)
         picture.paste(original, (margins.left, margins.top))
         record = make_image_record(
             "outpaint", request, loaded, pipe, seed, index, picture,

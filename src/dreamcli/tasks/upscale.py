@@ -26,6 +26,7 @@ from dreamcli.tasks.image_common import (
     check_output_size,
     cpu_generator,
     denoise_steps,
+    draw,
     make_image_record,
     native_size,
     open_input,
@@ -141,18 +142,20 @@ def tile_geometry(request: UpscaleRequest, native: int, target: tuple[int, int])
     return tile, overlap
 
 
-def upscale_tiled(pipe, canvas: Image.Image, tile: int, overlap: int, request: UpscaleRequest, seed: int,
+def upscale_tiled(pipe, loaded, canvas: Image.Image, tile: int, overlap: int, request: UpscaleRequest, seed: int,
                   counter) -> Image.Image:
     """Denoise the resized picture tile by tile at low strength, blending seams (memory: one tile)."""
 
     def redraw(part: Image.Image, index: int) -> Image.Image:
         size = (round8(part.width), round8(part.height))  # edge tiles of odd sizes: the VAE wants 8s
-        return pipe(
+        return draw(
+            pipe,
+            loaded,
             image=part if part.size == size else part.resize(size, Image.Resampling.LANCZOS),
             width=size[0],
             height=size[1],
             **call_kwargs(request, request.prompt, sub_seed(seed, index), counter),
-        ).images[0]
+        )
 
     return process_tiles(canvas, (tile, tile), overlap, redraw)
 
@@ -185,7 +188,7 @@ def iter_upscale(request: UpscaleRequest, on_step: StepCallback | None = None) -
         canvas = original.resize(target, Image.Resampling.LANCZOS)
         # Every tile is prompted with the whole picture's prompt, so a tile may invent an object the
         # prompt names; back-projection keeps the model's fine detail and takes such inventions out.
-        image = back_project(upscale_tiled(pipe, canvas, tile, overlap, request, seed, counter), original)
+        image = back_project(upscale_tiled(pipe, loaded, canvas, tile, overlap, request, seed, counter), original)
         record = make_image_record(
             "upscale", request, loaded, pipe, seed, index, image,
             {"method": "tiled-img2img", "tile": tile, "overlap": overlap, "tiles": tiles,
