@@ -247,3 +247,39 @@ def test_images_are_turned_upright_and_flattened(tmp_path):
     assert load_training_image(tmp_path / "cmyk.jpg").mode == "RGB"
     square = fit(Image.new("RGB", (100, 50)), 32)
     assert square.size == (32, 32)
+
+
+def test_all_layers_adapt_convolutions_and_load_in_both_formats(tiny, tmp_path, gen):
+    from diffusers import StableDiffusionPipeline
+
+    from dreamcli.training import tune
+
+    result = tune(config_for(tiny, tmp_path, max_train_steps=2, lora_layers="all", with_prior_preservation=False,
+                             num_validation_images=0, export=("kohya",)))
+    keys = lora_keys(result.weights)
+    for layer in (".resnets.0.conv1.", ".resnets.0.conv2.", ".proj_in.", ".ff.net.2.", ".attn2.to_k."):
+        assert any(layer in k for k in keys), layer
+    assert json.loads((result.outdir / "tune_config.json").read_text())["settings"]["lora_layers"] == "all"
+    pipe = StableDiffusionPipeline.from_pretrained(tiny["sd1"], safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def picture(lora: Path | None):
+        pipe.unload_lora_weights()
+        if lora is not None:
+            pipe.load_lora_weights(str(lora))
+        return pipe("a photo of sks shape", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                    output_type="np").images[0]
+
+    base, tuned, kohya = picture(None), picture(result.outdir), picture(result.exports[0])
+    assert np.abs(tuned - base).mean() > 1e-3
+    assert np.abs(kohya - tuned).max() < 1e-4  # the A1111/kohya file is the same adapter
+    plain, outdir = gen("a photo of sks shape", "-s", "3")
+    through_cli, _ = gen("a photo of sks shape", "-s", "3", "--lora", result.outdir)
+    assert through_cli.exit_code == 0, through_cli.stderr
+    first, second = written(outdir)
+    assert np.abs(pixels(first) - pixels(second)).mean() > 0.5
+
+
+def test_unknown_layers_are_refused():
+    with pytest.raises(Exception, match="unknown layers 'conv': use attention or all"):
+        TuneConfig(instance_data_dir="x", class_word="dog", model="m", output_dir="o", lora_layers="conv")

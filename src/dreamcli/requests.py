@@ -191,6 +191,7 @@ def gen_request_from(settings: dict, model: ModelOptions | None = None) -> GenRe
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 EXPORT_FORMATS = ("kohya",)
+LORA_LAYERS = ("attention", "all")
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ class TuneConfig:
     learning_rate: float = 1e-4
     rank: int = 4
     lora_alpha: float | None = None  # None: equal to rank, so the LoRA scale alpha/rank is 1
+    lora_layers: str = "attention"  # "all": also the convolutions and feed-forwards (learns new shapes)
     train_batch_size: int = 1
     gradient_accumulation_steps: int = 1
     resolution: int | None = None  # None: the model's native size
@@ -277,6 +279,8 @@ class TuneConfig:
             raise InputError(
                 f"unknown mixed precision {self.mixed_precision!r}: use one of {', '.join(MIXED_PRECISIONS)}"
             )
+        if self.lora_layers not in LORA_LAYERS:
+            raise InputError(f"unknown layers {self.lora_layers!r}: use {' or '.join(LORA_LAYERS)}")
         for fmt in self.export:
             if fmt not in EXPORT_FORMATS:
                 raise InputError(f"unknown export format {fmt!r}: use {', '.join(EXPORT_FORMATS)}")

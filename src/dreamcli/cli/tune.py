@@ -24,7 +24,7 @@ RUN = "Checkpoints and validation"
 FLAG_TO_FIELD = {
     "images": "instance_data_dir", "class_word": "class_word", "token": "token", "outdir": "output_dir",
     "prompt": "instance_prompt", "class_prompt": "class_prompt", "steps": "max_train_steps",
-    "lr": "learning_rate", "rank": "rank", "alpha": "lora_alpha", "batch_size": "train_batch_size",
+    "lr": "learning_rate", "rank": "rank", "alpha": "lora_alpha", "layers": "lora_layers", "batch_size": "train_batch_size",
     "grad_accum": "gradient_accumulation_steps", "resolution": "resolution", "random_crop": "random_crop",
     "prior": "with_prior_preservation", "prior_weight": "prior_loss_weight", "class_images": "num_class_images",
     "class_dir": "class_data_dir", "train_text_encoder": "train_text_encoder",
@@ -158,6 +158,10 @@ def tune(
         "--rank", help="LoRA rank (default: 4).", rich_help_panel=TRAINING)] = None,
     alpha: Annotated[float | None, typer.Option(
         "--alpha", help="LoRA alpha; scale = alpha/rank (default: rank).", rich_help_panel=TRAINING)] = None,
+    layers: Annotated[str | None, typer.Option(
+        "--layers", help="Layers that get adapters: attention (default, the usual DreamBooth-LoRA) or all (also "
+        "convolutions and feed-forwards: for a shape the model has never drawn; a larger file).",
+        rich_help_panel=TRAINING)] = None,
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", help="Instance images per step per process (default: 1).", rich_help_panel=TRAINING)] = None,
     grad_accum: Annotated[int | None, typer.Option(
@@ -214,6 +218,7 @@ def tune(
     flags = {
         "images": images, "class_word": class_word, "token": token, "outdir": outdir, "prompt": prompt,
         "class_prompt": class_prompt, "steps": steps, "lr": lr, "rank": rank, "alpha": alpha,
+        "layers": layers,
         "batch_size": batch_size, "grad_accum": grad_accum, "resolution": resolution, "random_crop": random_crop,
         "prior": prior, "prior_weight": prior_weight, "class_images": class_images, "class_dir": class_dir,
         "train_text_encoder": train_text_encoder, "mixed_precision": mixed_precision,

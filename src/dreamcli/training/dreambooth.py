@@ -147,7 +147,9 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         }
 
         # ---- 4. LoRA adapters on the attention projections; frozen weights in the compute dtype ----
-        params = add_adapters(unet, text_encoder, config.rank, config.alpha, config.train_text_encoder)
+        params = add_adapters(
+            unet, text_encoder, config.rank, config.alpha, config.train_text_encoder, config.lora_layers
+        )
         if weight_dtype != torch.float32:
             for model in (unet, text_encoder):
                 model.to(dtype=weight_dtype)

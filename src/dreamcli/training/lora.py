@@ -6,18 +6,26 @@ from pathlib import Path
 
 import torch
 
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # attention projections, as DreamBooth-LoRA does
+UNET_TARGETS = {
+    "attention": ["to_q", "to_k", "to_v", "to_out.0"],  # attention projections, as DreamBooth-LoRA does
+    # Plus the ResNet convolutions, the transformer blocks' in/out projections and feed-forwards (what
+    # kohya calls LoCon): a subject with a shape the model has never drawn needs the convolutions.
+    "all": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"],
+}
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP's attention projections
 
 
-def add_adapters(unet, text_encoder, rank: int, alpha: float, train_text_encoder: bool) -> list[torch.nn.Parameter]:
-    """Freeze the model, add LoRA adapters, and return the parameters to train."""
+def add_adapters(
+    unet, text_encoder, rank: int, alpha: float, train_text_encoder: bool, layers: str = "attention"
+) -> list[torch.nn.Parameter]:
+    """Freeze the model, add LoRA adapters to the UNet's `layers` (see UNET_TARGETS), and return the
+    parameters to train."""
     from peft import LoraConfig
 
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
     # Gaussian A and zero B: the adapter starts as an exact no-op, so step 0 is the base model.
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=UNET_TARGETS))
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=UNET_TARGETS[layers]))
     params = [p for p in unet.parameters() if p.requires_grad]
     if train_text_encoder:
         text_encoder.add_adapter(
@@ -37,7 +45,11 @@ def diffusers_layers(model) -> dict[str, torch.Tensor]:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+    peft_names = get_peft_model_state_dict(model)
+    renamed = convert_state_dict_to_diffusers(peft_names)
+    # diffusers renames only attention projections. Its loader picks the key style from the first key, so a
+    # mix (convolutions with --layers all) would load half the adapters: then peft's names are kept throughout.
+    return peft_names if any(".lora_A." in key for key in renamed) else renamed
 
 
 def save_lora(folder: Path, unet, text_encoder=None, weight_name: str = "pytorch_lora_weights.safetensors") -> Path:
