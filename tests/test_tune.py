@@ -215,7 +215,9 @@ def test_class_images_are_made_once_and_reused(finished, tiny, tmp_path):
          on_progress=lambda stage, done, total, **i: events.append(stage))
     assert "class images" not in events  # nothing generated: 1 own + 2 cached
     assert {p: p.stat().st_mtime_ns for f in folders for p in f.glob("class-*.png")} == before
-    assert cache_folder("x", "a photo of shape", 32) != cache_folder("x", "a photo of shape", 64)
+    keys = [("x", "a photo of shape", 32, 30, 7.5), ("x", "a photo of shape", 64, 30, 7.5),
+            ("x", "a photo of shape", 32, 20, 7.5), ("x", "a photo of shape", 32, 30, 2.0)]
+    assert len({cache_folder(*key) for key in keys}) == len(keys)  # each setting has its own pictures
 
 
 def test_text_encoder_adapters_are_saved_and_load(tiny, tmp_path):

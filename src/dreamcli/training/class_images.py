@@ -15,9 +15,10 @@ from dreamcli.config import cache_dir
 BATCH = 4  # images per pipeline call: faster than one by one, small enough for any GPU at 512 px
 
 
-def cache_folder(model_id: str, class_prompt: str, resolution: int) -> Path:
-    """The cache folder for (model, class prompt, resolution), under the user cache."""
-    key = json.dumps([model_id, class_prompt, resolution])
+def cache_folder(model_id: str, class_prompt: str, resolution: int, steps: int, guidance: float) -> Path:
+    """The cache folder for (model, class prompt, resolution, sampling steps and guidance), under the user
+    cache: other sampling settings make other pictures, so they are not mixed."""
+    key = json.dumps([model_id, class_prompt, resolution, steps, guidance])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir() / "class-images" / digest
 

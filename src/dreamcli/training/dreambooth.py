@@ -119,7 +119,7 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
             class_paths = list(inputs.class_images)[: config.num_class_images]
             missing = config.num_class_images - len(class_paths)
             if missing > 0:
-                folder = cache_folder(model_id, config.class_text, resolution)
+                folder = cache_folder(model_id, config.class_text, resolution, config.class_steps, config.class_guidance)
                 if main:
                     make_class_images(
                         pipe, folder, missing, config.class_text, resolution, config.class_steps,
