@@ -48,6 +48,7 @@ def one_error_line(result) -> str:
         (("--resume", "--overwrite"), "contradict"),
         (("--resume",), "--resume: no checkpoint"),
         (("--8bit-adam",), "bitsandbytes"),
+        (("--layers", "conv"), "unknown layers 'conv': use attention or all"),
     ],
 )
 def test_bad_values_exit_2_and_write_nothing(tune_cli, args, words):
@@ -138,6 +139,18 @@ def test_cli_run_then_refuse_a_different_run_then_resume_and_overwrite(tune_cli)
     record = json.loads((outdir / "tune_config.json").read_text())
     assert record["settings"]["rank"] == 8 and record["step"] == 2
     assert [p.name for p in sorted((outdir / "checkpoints").iterdir())] == ["step-000001", "step-000002"]
+
+
+def test_the_demo_presets_tune_table_is_used_and_flags_win():
+    from dreamcli.cli.tune import tune_config_from
+
+    flags = {"images": "photos", "class_word": "shape"}
+    preset = tune_config_from(flags, {"preset": "demo"})
+    assert (preset.lora_layers, preset.train_text_encoder, preset.max_train_steps, preset.rank) == ("all", True, 800, 8)
+    assert preset.class_guidance == 2.0  # class pictures are made with the preset's own sampling settings
+    mine = tune_config_from({**flags, "layers": "attention", "train_text_encoder": False, "steps": 50},
+                            {"preset": "demo"})
+    assert (mine.lora_layers, mine.train_text_encoder, mine.max_train_steps) == ("attention", False, 50)
 
 
 def test_alias_and_help(cli):

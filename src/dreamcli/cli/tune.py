@@ -172,7 +172,8 @@ def tune(
         "--random-crop/--center-crop", help="Random crop + flip instead of a centre crop.",
         rich_help_panel=TRAINING, show_default=False)] = None,
     train_text_encoder: Annotated[bool | None, typer.Option(
-        "--train-text-encoder", help="Also put LoRA adapters on the text encoder.", rich_help_panel=TRAINING)] = None,
+        "--train-text-encoder/--no-train-text-encoder", help="Also put LoRA adapters on the text encoder.",
+        rich_help_panel=TRAINING, show_default=False)] = None,
     mixed_precision: Annotated[str | None, typer.Option(
         "--mixed-precision", help="no | fp16 | bf16 (default: no).", rich_help_panel=TRAINING)] = None,
     gradient_checkpointing: Annotated[bool | None, typer.Option(

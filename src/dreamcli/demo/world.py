@@ -112,6 +112,19 @@ def draw(scene: Scene, size: int = 128, rng: random.Random | None = None) -> Ima
     return img
 
 
+def draw_cross(background: str, rng: random.Random, color: str = "orange", size: int = 128) -> Image.Image:
+    """A shape the world never had, a plus-shaped cross: the stand-in for a user's subject when the demo
+    model is taught something new (`dream tune` tests and the README walkthrough)."""
+    image = Image.new("RGB", (size, size), COLORS[background])
+    pen = ImageDraw.Draw(image)
+    scale = size / 128
+    cx, cy = (64 + rng.randint(-14, 14)) * scale, (64 + rng.randint(-14, 14)) * scale
+    half, arm = rng.randint(26, 34) * scale, 9 * scale
+    pen.rectangle([cx - half, cy - arm, cx + half, cy + arm], fill=COLORS[color])
+    pen.rectangle([cx - arm, cy - half, cx + arm, cy + half], fill=COLORS[color])
+    return image
+
+
 def nearest_color(rgb) -> str:
     """Name of the palette colour closest to an RGB triple."""
     rgb = np.asarray(rgb, dtype=np.float64)
