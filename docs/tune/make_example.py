@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from dreamcli.demo.world import draw_cross
 
@@ -25,8 +25,10 @@ BACKGROUNDS = ("black", "blue", "yellow", "purple", "green")
 
 
 def dream(*args: str) -> list[Path]:
-    """Run `dream ARGS` (this Python's dreamcli); returns the paths it printed."""
-    done = subprocess.run([sys.executable, "-m", "dreamcli", *args, "-q"], check=True, capture_output=True, text=True)
+    """Run `dream ARGS` (this Python's dreamcli); prints its last note (speed, memory), returns its paths."""
+    done = subprocess.run([sys.executable, "-m", "dreamcli", *args], check=True, capture_output=True, text=True)
+    notes = [line for line in done.stderr.splitlines() if line.strip()]
+    print(f"dream {args[0]}: {notes[-1] if notes else ''}")
     return [Path(line) for line in done.stdout.splitlines() if line.strip()]
 
 
@@ -52,17 +54,22 @@ def main() -> None:
         out = WORK / label.replace("'", "").replace(" ", "-")
         rows.append((label, dream("gen", "--preset", "demo", prompt, "-n", "8", "-s", "100", "-o", str(out), *extra)))
 
+    compose(rows).save(HERE / "before-after.png")
+    print(HERE / "before-after.png")
+
+
+def compose(rows: list[tuple[str, list[Path]]]) -> Image.Image:
+    """One labelled row of pictures per (label, paths)."""
     cell, label_w, gap = 96, 150, 4
     sheet = Image.new("RGB", (label_w + 8 * (cell + gap), len(rows) * (cell + gap) + gap), (255, 255, 255))
     pen = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=14)
     for r, (label, paths) in enumerate(rows):
         y = gap + r * (cell + gap)
-        pen.text((6, y + cell // 2 - 6), label, fill=(0, 0, 0))
+        pen.text((6, y + cell // 2 - 8), label, fill=(0, 0, 0), font=font)
         for c, path in enumerate(paths):
             sheet.paste(Image.open(path).convert("RGB").resize((cell, cell)), (label_w + c * (cell + gap), y))
-    sheet.save(HERE / "before-after.png")
-    print(HERE / "before-after.png")
-
+    return sheet
 
 if __name__ == "__main__":
     main()
