@@ -221,3 +221,14 @@ def test_bad_flags_one_line_exit_2_nothing_written(cli, tmp_path, args, fragment
 def test_out_naming_a_folder_is_refused(cli, tmp_path):
     result = cli("bench", "--no-cli", "--shapes", "none", "-o", tmp_path)
     assert result.exit_code == 2 and "is a folder" in result.stderr and result.stdout == ""
+
+
+def test_step_clock_times_steps_2_to_n_once_even_when_the_last_step_repeats(monkeypatch):
+    from dreamcli.bench import runner
+
+    now = iter([10.0, 12.0, 99.0])
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: next(now))
+    clock = runner.StepClock("cpu")
+    for done in (1, 2, 3, 3):  # PNDM: one callback more than steps, the last number repeated
+        clock(done, 3)
+    assert clock.rate(3) == 1.0  # 2 steps in 2 s; the repeated report at 99 s is not counted

@@ -41,7 +41,9 @@ class StepClock:
         if done == 1:
             sync(self.device)
             self.first = time.perf_counter()
-        elif done == total:
+        elif done == total and self.last is None:
+            # Only the first report of the last step: PNDM calls back once more than it has steps, and
+            # dreamcli repeats the last step's number then, while plain diffusers counts past the total.
             sync(self.device)
             self.last = time.perf_counter()
 
