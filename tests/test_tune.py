@@ -156,7 +156,8 @@ def test_resume_after_interrupt_continues_at_the_right_step(tiny, tmp_path):
     inputs = check_inputs(resumed)
     assert inputs.resume_step == 3
     steps = []
-    result = tune(resumed, inputs, on_progress=lambda s, done, total, **i: steps.append(done) if s == "training" else None)
+    result = tune(resumed, inputs,
+                  on_progress=lambda s, done, total, **i: steps.append(done) if s == "training" else None)
     assert steps == [3, 4, 5] and result.steps == 5
     log = [json.loads(line)["step"] for line in (outdir / "loss_log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3, 4, 5]

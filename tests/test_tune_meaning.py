@@ -114,7 +114,8 @@ def teach(tmp_path: Path, steps: int, prior: bool, **overrides) -> dict:
         class_prompt=CLASS_PROMPT, max_train_steps=steps, learning_rate=settings["lr"], rank=settings["rank"],
         lora_layers=settings["layers"], train_text_encoder=settings["train_text_encoder"],
         train_batch_size=settings["batch_size"], with_prior_preservation=prior,
-        num_class_images=settings["class_images"], class_steps=DEMO["steps"], class_guidance=DEMO["guidance"], checkpointing_steps=steps,
+        num_class_images=settings["class_images"], class_steps=DEMO["steps"], class_guidance=DEMO["guidance"],
+        checkpointing_steps=steps,
         num_validation_images=0, device="cpu", seed=0,
     )
     result = tune(replace(config, **overrides))

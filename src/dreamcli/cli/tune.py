@@ -24,7 +24,8 @@ RUN = "Checkpoints and validation"
 FLAG_TO_FIELD = {
     "images": "instance_data_dir", "class_word": "class_word", "token": "token", "outdir": "output_dir",
     "prompt": "instance_prompt", "class_prompt": "class_prompt", "steps": "max_train_steps",
-    "lr": "learning_rate", "rank": "rank", "alpha": "lora_alpha", "layers": "lora_layers", "batch_size": "train_batch_size",
+    "lr": "learning_rate", "rank": "rank", "alpha": "lora_alpha", "layers": "lora_layers",
+    "batch_size": "train_batch_size",
     "grad_accum": "gradient_accumulation_steps", "resolution": "resolution", "random_crop": "random_crop",
     "prior": "with_prior_preservation", "prior_weight": "prior_loss_weight", "class_images": "num_class_images",
     "class_dir": "class_data_dir", "train_text_encoder": "train_text_encoder",
@@ -118,7 +119,8 @@ def run_tune(config: TuneConfig, as_json: bool, quiet: bool) -> int:
     if as_json:
         emit(json.dumps({
             "weights": str(result.weights), "outdir": str(result.outdir), "steps": result.steps,
-            "exports": [str(p) for p in result.exports], "validation_images": [str(p) for p in result.validation_images],
+            "exports": [str(p) for p in result.exports],
+            "validation_images": [str(p) for p in result.validation_images],
             "final_loss": result.final_loss, "steps_per_second": result.steps_per_second,
             "peak_rss_mb": result.peak_rss_mb,
         }))
@@ -182,7 +184,8 @@ def tune(
     use_8bit_adam: Annotated[bool | None, typer.Option(
         "--8bit-adam", help="8-bit AdamW (needs bitsandbytes).", rich_help_panel=TRAINING)] = None,
     seed: Annotated[int | None, typer.Option(
-        "-s", "--seed", help="Seed for adapter init, noise and shuffling (default: 0).", rich_help_panel=TRAINING)] = None,
+        "-s", "--seed", help="Seed for adapter init, noise and shuffling (default: 0).",
+        rich_help_panel=TRAINING)] = None,
     prior: Annotated[bool | None, typer.Option(
         "--prior/--no-prior", help="Prior-preservation loss on class images (default: on).",
         rich_help_panel=PRIOR, show_default=False)] = None,

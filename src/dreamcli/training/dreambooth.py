@@ -119,7 +119,9 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
             class_paths = list(inputs.class_images)[: config.num_class_images]
             missing = config.num_class_images - len(class_paths)
             if missing > 0:
-                folder = cache_folder(model_id, config.class_text, resolution, config.class_steps, config.class_guidance)
+                folder = cache_folder(
+                    model_id, config.class_text, resolution, config.class_steps, config.class_guidance
+                )
                 if main:
                     make_class_images(
                         pipe, folder, missing, config.class_text, resolution, config.class_steps,
@@ -250,7 +252,8 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                             states = [text_states["instance"]] * n + [text_states["class"]] * (latents.shape[0] - n)
                             encoder_states = torch.cat(states)
                         else:
-                            ids = torch.cat([prompt_ids["instance"]] * n + [prompt_ids["class"]] * (latents.shape[0] - n))
+                            classes = latents.shape[0] - n
+                            ids = torch.cat([prompt_ids["instance"]] * n + [prompt_ids["class"]] * classes)
                             encoder_states = trained_wrapped[1](ids)[0]
                         with accelerator.autocast():
                             pred = unet_wrapped(noisy, timesteps, encoder_states).sample
@@ -266,7 +269,8 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                         continue
                     step += 1
                     progress.step = step
-                    losses = accelerator.reduce(torch.stack([parts.total, parts.instance, parts.prior]).detach(), "mean")
+                    parts_now = torch.stack([parts.total, parts.instance, parts.prior]).detach()
+                    losses = accelerator.reduce(parts_now, "mean")
                     last_loss = float(losses[0])
                     smoothed = last_loss if smoothed is None else SMOOTHING * smoothed + (1 - SMOOTHING) * last_loss
                     if main:
@@ -279,7 +283,9 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                     if step % config.checkpointing_steps == 0 and step < config.max_train_steps:
                         save_checkpoint(step)
                     if main and config.validation_steps and step % config.validation_steps == 0:
-                        validation_images += _validate(pipe, config, outdir, step, resolution, accelerator, trained_wrapped)
+                        validation_images += _validate(
+                            pipe, config, outdir, step, resolution, accelerator, trained_wrapped
+                        )
                     if step >= config.max_train_steps:
                         break
                 epoch, skip_batches = epoch + 1, 0

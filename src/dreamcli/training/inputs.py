@@ -174,7 +174,9 @@ def check_inputs(config: TuneConfig) -> TuneInputs:
     if pick_device(config.device) == "cpu" and config.mixed_precision == "fp16":
         raise InputError("--mixed-precision fp16 needs a GPU: use bf16 or no on the CPU")
     if source.family == "sdxl":
-        raise InputError("dream tune supports Stable Diffusion 1.x and 2.x models for now, not SDXL: use an SD1/SD2 model")
+        raise InputError(
+            "dream tune supports Stable Diffusion 1.x and 2.x models for now, not SDXL: use an SD1/SD2 model"
+        )
     resolution = config.resolution or native_resolution(source)
     instance, warnings = check_instance_images(config.instance_data_dir, resolution)
     class_images = []
@@ -187,7 +189,9 @@ def check_inputs(config: TuneConfig) -> TuneInputs:
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
-            raise InputError("--8bit-adam needs bitsandbytes: pip install bitsandbytes, or leave the flag out") from None
+            raise InputError(
+                "--8bit-adam needs bitsandbytes: pip install bitsandbytes, or leave the flag out"
+            ) from None
     inputs = TuneInputs(instance, class_images, source, resolution, warnings=warnings)
     check_outdir(config, inputs)
     return inputs

@@ -25,7 +25,9 @@ def add_adapters(
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
     # Gaussian A and zero B: the adapter starts as an exact no-op, so step 0 is the base model.
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=UNET_TARGETS[layers]))
+    unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=UNET_TARGETS[layers])
+    )
     params = [p for p in unet.parameters() if p.requires_grad]
     if train_text_encoder:
         text_encoder.add_adapter(
