@@ -144,9 +144,13 @@ def test_demo_model_learns_a_new_subject_and_keeps_its_prior(tmp_path):
 
 @pytest.mark.slow
 def test_benchmark_language_drift_with_and_without_prior(tmp_path):
-    """Longer runs; reports the class prompt's drift towards the subject with and without the prior loss."""
-    with_prior = teach(tmp_path, steps=2 * DEMO["tune"]["steps"], prior=True)
-    without = teach(tmp_path, steps=2 * DEMO["tune"]["steps"], prior=False)
+    """Reports the class prompt's drift towards the subject with and without the prior loss (two runs).
+
+    Measured 2026-11-21: with the prior, subject 14/16 and drift 0/16; without, subject 15/16 and drift 15/16.
+    """
+    with_prior = teach(tmp_path, steps=DEMO["tune"]["steps"], prior=True)
+    without = teach(tmp_path, steps=DEMO["tune"]["steps"], prior=False)
     print(json.dumps({"with_prior": with_prior, "without_prior": without}, default=float))
     assert with_prior["subject_rate"] >= 0.75 and without["subject_rate"] >= 0.75
-    assert with_prior["class_drift_rate"] <= without["class_drift_rate"]
+    # Language drift: without the prior loss, "a shape" turns into the subject; with it, it does not.
+    assert without["class_drift_rate"] - with_prior["class_drift_rate"] >= 0.5
