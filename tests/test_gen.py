@@ -104,6 +104,19 @@ def test_from_image_reproduces_pixels(gen, tmp_path):
     assert "-13-" in changed and not np.array_equal(pixels(changed), pixels(second_image))
 
 
+def test_guidance_rescale_changes_the_picture_and_is_recorded(gen, cli):
+    plain = paths_of(gen("a red circle", "-s", 4, "-g", 9)[0])[0]
+    rescaled = paths_of(gen("a red circle", "-s", 4, "-g", 9, "--guidance-rescale", "0.7")[0])[0]
+    assert np.abs(pixels(rescaled) - pixels(plain)).mean() > 0.5
+    info = json.loads(cli("info", "--json", rescaled).stdout)
+    assert info["dreamcli"]["request"]["guidance_rescale"] == 0.7 and info["a1111"]["CFG rescale"] == "0.7"
+    assert "CFG rescale" not in json.loads(cli("info", "--json", plain).stdout)["a1111"]  # 0: A1111's plain text
+    again = paths_of(gen("--from", rescaled)[0])[0]
+    assert np.array_equal(pixels(again), pixels(rescaled))
+    result, outdir = gen("x", "--guidance-rescale", "1.5")
+    assert result.exit_code == 2 and "guidance-rescale 1.5 is out of range: use 0 to 1" in result.stderr
+
+
 def test_from_image_without_metadata(gen, tmp_path):
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)

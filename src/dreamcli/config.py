@@ -28,7 +28,7 @@ BUILTIN_DEFAULTS = {
 DEFAULT_PRESET = "demo"  # used when no model is named anywhere: small, offline, ships in the wheel
 
 SETTING_KEYS = {
-    "model", "model_config", "scheduler", "steps", "guidance", "negative", "width", "height",
+    "model", "model_config", "scheduler", "steps", "guidance", "guidance_rescale", "negative", "width", "height",
     "num_images", "seed", "lora", "device", "dtype", "offload", "vae_tiling", "attention_slicing",
     "outdir", "format", "allow_unsafe_pickle", "compile", "channels_last", "fuse_qkv", "batch_size",
 }

@@ -48,7 +48,8 @@ def settings_from_image(path: str) -> dict:
             ref = record["model_path"]
         return {
             "prompt": req["prompt"], "negative": req["negative_prompt"], "steps": req["num_inference_steps"],
-            "guidance": req["guidance_scale"], "width": req["width"], "height": req["height"],
+            "guidance": req["guidance_scale"], "guidance_rescale": req.get("guidance_rescale", 0.0),
+            "width": req["width"], "height": req["height"],
             "seed": record["seed"], "num_images": 1, "model": ref, "model_config": model["model_config"],
             "scheduler": model["scheduler"], "lora": model["loras"], "dtype": model["dtype"],
         }
@@ -60,6 +61,8 @@ def settings_from_image(path: str) -> dict:
                 out["steps"] = int(params["Steps"])
             if "CFG scale" in params:
                 out["guidance"] = float(params["CFG scale"])
+            if "CFG rescale" in params:
+                out["guidance_rescale"] = float(params["CFG rescale"])
             if "Seed" in params:
                 out["seed"] = int(params["Seed"])
             if "Size" in params:
@@ -260,6 +263,9 @@ def gen(
     seed: common.Seed = None,
     steps: common.Steps = None,
     guidance: common.Guidance = None,
+    guidance_rescale: Annotated[float | None, typer.Option(
+        "--guidance-rescale", help="0-1: pull strong guidance back to the prompt's own contrast (0.7 for "
+        "v-prediction models such as SD 2.x-v and the demo; default 0).")] = None,
     negative: common.Negative = None,
     width: common.Width = None,
     height: common.Height = None,
@@ -287,7 +293,8 @@ def gen(
         return
     flags = {
         "model": model, "preset": preset, "model_config": model_config, "num_images": num_images,
-        "seed": seed, "steps": steps, "guidance": guidance, "negative": negative, "width": width,
+        "seed": seed, "steps": steps, "guidance": guidance, "guidance_rescale": guidance_rescale,
+        "negative": negative, "width": width,
         "height": height, "scheduler": scheduler, "lora": lora or None, "outdir": outdir, "format": format,
         "device": device, "dtype": dtype, "offload": offload, "vae_tiling": vae_tiling,
         "attention_slicing": attention_slicing, "allow_unsafe_pickle": allow_unsafe_pickle, "compile": compile,

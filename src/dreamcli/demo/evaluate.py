@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=240)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, nargs="+", default=[2.0, 1.0])
-    parser.add_argument("--rescale", type=float, default=0.0, help="guidance rescale (the demo preset uses 0.7)")
+    parser.add_argument("--rescale", type=float, default=0.0,
+                        help="guidance rescale, 0 to 1 (what dream gen --guidance-rescale sets)")
     parser.add_argument("--grid", help="also save a grid of the first 24 pictures (first guidance) here")
     args = parser.parse_args(argv)
     pipe = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None, requires_safety_checker=False)

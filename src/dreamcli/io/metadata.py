@@ -26,6 +26,7 @@ def a1111_parameters(record: dict) -> str:
         "Steps": req["num_inference_steps"],
         "Sampler": record.get("sampler", ""),
         "CFG scale": f"{req['guidance_scale']:g}",
+        "CFG rescale": f"{req['guidance_rescale']:g}" if req.get("guidance_rescale") else "",
         "Seed": record["seed"],
         "Size": f"{record['width']}x{record['height']}",
         "Model hash": record.get("model_hash") or "",

@@ -140,6 +140,7 @@ def iter_generate_jobs(
             negative_prompt=[first.negative_prompt] * len(batch) if first.negative_prompt else None,
             num_inference_steps=first.num_inference_steps,
             guidance_scale=first.guidance_scale,
+            guidance_rescale=first.guidance_rescale,
             width=width,
             height=height,
             generator=[cpu_generator(job.seed) for job in batch],
@@ -168,7 +169,7 @@ def _batches(jobs: Iterable[ImageJob], batch_size: int, sizes: dict) -> Iterator
     for job in jobs:
         request = job.request
         job_key = (request.model, _size(request, sizes), request.num_inference_steps, request.guidance_scale,
-                   request.negative_prompt)
+                   request.guidance_rescale, request.negative_prompt)
         if batch and job_key != key:
             yield batch
             batch = []
