@@ -232,3 +232,16 @@ def test_stderr_reports_device_and_summary(cli, tiny, tmp_path):
     assert "on cpu, fp32" in result.stderr
     assert re.search(r"1 image\(s\) in [\d.]+ s", result.stderr)
     assert len(result.stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "ddim"])
+def test_step_progress_counts_what_the_sampler_runs(tiny, scheduler):
+    from dreamcli.requests import GenRequest, ModelOptions
+    from dreamcli.tasks import generate
+
+    seen = []
+    request = GenRequest("x", ModelOptions(str(tiny["sd1"]), scheduler=scheduler), num_inference_steps=4, seed=1)
+    generate(request, on_step=lambda done, total: seen.append((done, total)))
+    total = seen[-1][1]
+    # PNDM runs warm-up steps beyond the 4 asked for: the bar counts them instead of passing 100 %.
+    assert seen == [(i, total) for i in range(1, total + 1)] and total >= 4

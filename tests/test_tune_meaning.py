@@ -121,7 +121,7 @@ def teach(tmp_path: Path, steps: int, prior: bool, **overrides) -> dict:
     result = tune(replace(config, **overrides))
     tuned = pictures(model, result.outdir, INSTANCE_PROMPT)
     classes = pictures(model, result.outdir, CLASS_PROMPT)
-    contact_sheet([tuned, classes]).save(tmp_path / f"{config.output_dir.rsplit('/', 1)[-1]}.png")  # to look at
+    contact_sheet([tuned, classes]).save(tmp_path / f"{Path(config.output_dir).name}.png")  # to look at
     return {
         "steps": steps, "prior": prior, "steps_per_second": round(result.steps_per_second, 2),
         "peak_rss_mb": round(result.peak_rss_mb), "subject_rate": np.mean([shows_subject(i) for i in tuned]),

@@ -171,8 +171,10 @@ def pick_device(wanted: str) -> str:
 
 def _local_gpu() -> str:
     # Launchers set LOCAL_RANK per process; without it every process would pile onto cuda:0.
+    from dreamcli.parallel import launched
+
     local_rank = os.environ.get("LOCAL_RANK")
-    return f"cuda:{local_rank}" if local_rank and int(os.environ.get("WORLD_SIZE", "1")) > 1 else "cuda"
+    return f"cuda:{local_rank}" if local_rank and launched() else "cuda"
 
 
 def pick_dtype(wanted: str, device: str) -> str:

@@ -117,8 +117,8 @@ class DiffusersPath:
     def generate(self, prompt: str, batch: int, steps: int, guidance: float, size: tuple[int, int], on_step) -> int:
         """Make `batch` images with one pipeline call; returns how many came back."""
 
-        def step_end(_pipe, step, _timestep, callback_kwargs):
-            on_step(step + 1, steps)
+        def step_end(pipe, step, _timestep, callback_kwargs):
+            on_step(step + 1, pipe.num_timesteps)  # what the sampler runs (PNDM adds warm-up steps)
             return callback_kwargs
 
         images = self.pipe(

@@ -36,20 +36,20 @@ class StepClock:
     def __init__(self, device: str):
         self.device = device
         self.first = self.last = None
+        self.total = 0
 
     def __call__(self, done: int, total: int) -> None:
+        self.total = total
         if done == 1:
             sync(self.device)
             self.first = time.perf_counter()
-        elif done == total and self.last is None:
-            # Only the first report of the last step: PNDM calls back once more than it has steps, and
-            # dreamcli repeats the last step's number then, while plain diffusers counts past the total.
+        elif done == total and self.last is None:  # only the first report of the last step counts
             sync(self.device)
             self.last = time.perf_counter()
 
-    def rate(self, steps: int) -> float:
-        """Denoising steps per second over steps 2..N."""
-        return (steps - 1) / (self.last - self.first)
+    def rate(self) -> float:
+        """Denoising steps (UNet calls) per second over steps 2..N, N as the pipeline counted them."""
+        return (self.total - 1) / (self.last - self.first)
 
 
 def measure_run(path, s: BenchConfig, batch: int, steps: int, size: tuple[int, int]) -> dict:
@@ -65,7 +65,7 @@ def measure_run(path, s: BenchConfig, batch: int, steps: int, size: tuple[int, i
     seconds = time.perf_counter() - started
     if made != batch:
         raise RuntimeError(f"{path.name} made {made} images instead of {batch}")
-    return {"it_per_s": clock.rate(steps), "s_per_image": seconds / batch, "seconds": seconds,
+    return {"it_per_s": clock.rate(), "s_per_image": seconds / batch, "seconds": seconds,
             "peak_gb": peak_gb(s.device)}
 
 

@@ -12,6 +12,7 @@ import typer
 
 from dreamcli.cli import common
 from dreamcli.cli.common import console, emit, hint, user_errors
+from dreamcli.cli.image_common import shared_flags
 from dreamcli.config import merge_settings
 from dreamcli.errors import InputError
 from dreamcli.requests import FORMATS, GenRequest, batch_size_from, gen_request_from, model_options_from
@@ -292,13 +293,8 @@ def gen(
             emit(name)
         return
     flags = {
-        "model": model, "preset": preset, "model_config": model_config, "num_images": num_images,
-        "seed": seed, "steps": steps, "guidance": guidance, "guidance_rescale": guidance_rescale,
-        "negative": negative, "width": width,
-        "height": height, "scheduler": scheduler, "lora": lora or None, "outdir": outdir, "format": format,
-        "device": device, "dtype": dtype, "offload": offload, "vae_tiling": vae_tiling,
-        "attention_slicing": attention_slicing, "allow_unsafe_pickle": allow_unsafe_pickle, "compile": compile,
-        "channels_last": channels_last, "fuse_qkv": fuse_qkv, "batch_size": batch_size,
+        **shared_flags(locals()),  # the flags every generating command has, picked by name
+        "guidance_rescale": guidance_rescale, "width": width, "height": height, "batch_size": batch_size,
     }
     with user_errors():
         plan = plan_gen(prompts or [], prompts_file, from_image, flags)

@@ -14,7 +14,6 @@ from dreamcli.tasks.image_common import (
     StepCounter,
     base_seed,
     call_kwargs,
-    denoise_steps,
     draw,
     make_image_record,
     native_size,
@@ -85,7 +84,7 @@ def iter_colorize(request: ColorizeRequest, on_step: StepCallback | None = None)
     first = base_seed(request.seed)
     for index in range(request.num_images):
         seed = first + index
-        counter = StepCounter(on_step, 1, denoise_steps(request.num_inference_steps, request.strength))
+        counter = StepCounter(on_step)
         proposal = propose_colour(pipe, loaded, grey, size, request, seed, counter)
         image = recolor(luma, proposal)
         record = make_image_record("colorize", request, loaded, pipe, seed, index, image,

@@ -125,7 +125,7 @@ def iter_generate_jobs(
 ) -> Iterator[GenResult]:
     """Make the given images (e.g. one process's share of a prompt file), batched as iter_generate_many says."""
     from dreamcli.engine import decode_latents, pipeline_for
-    from dreamcli.tasks.image_common import cpu_generator
+    from dreamcli.tasks.image_common import StepCounter, cpu_generator
 
     if batch_size < 1:
         raise InputError(f"batch-size {batch_size} is too small: use 1 or more")
@@ -144,23 +144,13 @@ def iter_generate_jobs(
             width=width,
             height=height,
             generator=[cpu_generator(job.seed) for job in batch],
-            callback_on_step_end=_step_callback(on_step, first.num_inference_steps),
+            callback_on_step_end=StepCounter(on_step),
             output_type="latent",  # decoded here, so a half-precision VAE that overflows is re-run in fp32
         ).images
         images = decode_latents(loaded, pipe, latents)
         for job, image in zip(batch, images, strict=True):
             record = make_record(job.request, loaded, pipe, job.seed, job.index, image, batch=len(batch))
             yield GenResult(image, job.seed, job.index, record)
-
-
-def _step_callback(on_step: StepCallback | None, steps: int):
-    def step_end(_pipe, step, _timestep, callback_kwargs):  # diffusers' callback_on_step_end
-        # min(): PNDM calls back once more than it has steps (its warm-up step).
-        if on_step is not None:
-            on_step(min(step + 1, steps), steps)
-        return callback_kwargs
-
-    return step_end
 
 
 def _batches(jobs: Iterable[ImageJob], batch_size: int, sizes: dict) -> Iterator[list[ImageJob]]:

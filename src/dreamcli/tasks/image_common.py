@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
 
 from dreamcli.errors import InputError
-
-StepCallback = Callable[[int, int], None]  # (steps done, total steps) for the current image
+from dreamcli.tasks.generate import StepCallback
 
 
 @dataclass
@@ -142,22 +140,22 @@ def sub_seed(seed: int, part: int) -> int:
 
 
 class StepCounter:
-    """Progress over all the model calls (passes, tiles) that make one image."""
+    """Progress over all the model calls (passes, tiles) that make one image.
 
-    def __init__(self, on_step: StepCallback | None, calls: int, steps_per_call: int):
-        self.on_step, self.done, self.total = on_step, 0, max(1, calls * steps_per_call)
+    The steps per call are the pipeline's own count of what it runs (`num_timesteps`: strength drops
+    steps, PNDM adds warm-up ones), known once a call has started; `steps` serves pipelines without it.
+    """
 
-    def __call__(self, _pipe, _step, _timestep, callback_kwargs):
+    def __init__(self, on_step: StepCallback | None, calls: int = 1, steps: int | None = None):
+        self.on_step, self.calls, self.steps, self.done = on_step, calls, steps, 0
+
+    def __call__(self, pipe, _step, _timestep, callback_kwargs):
         """diffusers' callback_on_step_end."""
-        self.done = min(self.done + 1, self.total)
+        total = max(1, self.calls * (getattr(pipe, "num_timesteps", None) or self.steps or 1))
+        self.done = min(self.done + 1, total)
         if self.on_step is not None:
-            self.on_step(self.done, self.total)
+            self.on_step(self.done, total)
         return callback_kwargs
-
-
-def denoise_steps(steps: int, strength: float) -> int:
-    """How many steps diffusers runs for an image-to-image call (steps x strength, rounded down)."""
-    return max(1, min(steps, int(steps * strength)))
 
 
 def make_image_record(task: str, request, loaded, pipe, seed: int, index: int, image, extra: dict | None = None):

@@ -15,7 +15,6 @@ from dreamcli.tasks.image_common import (
     as_rgb,
     base_seed,
     call_kwargs,
-    denoise_steps,
     draw,
     make_image_record,
     native_size,
@@ -73,7 +72,7 @@ def iter_inpaint(request: InpaintRequest, on_step: StepCallback | None = None) -
     first = base_seed(request.seed)
     for index in range(request.num_images):
         seed = first + index
-        counter = StepCounter(on_step, 1, denoise_steps(request.num_inference_steps, request.strength))
+        counter = StepCounter(on_step)
         drawn = draw_masked(pipe, loaded, original, hard, size, request, seed, counter)
         image = paste_back(original, drawn, soft)
         record = make_image_record("inpaint", request, loaded, pipe, seed, index, image,

@@ -15,7 +15,6 @@ from dreamcli.tasks.image_common import (
     as_rgb,
     base_seed,
     check_output_size,
-    denoise_steps,
     make_image_record,
     native_size,
     open_input,
@@ -103,7 +102,7 @@ def iter_outpaint(request: OutpaintRequest, on_step: StepCallback | None = None)
     first = base_seed(request.seed)
     for index in range(request.num_images):
         seed = first + index
-        counter = StepCounter(on_step, len(passes), denoise_steps(request.num_inference_steps, request.strength))
+        counter = StepCounter(on_step, len(passes))
         picture = original
         for number, step in enumerate(passes):
             picture = outpaint_once(pipe, loaded, picture, step, native, request, sub_seed(seed, number), counter)

@@ -25,7 +25,6 @@ from dreamcli.tasks.image_common import (
     call_kwargs,
     check_output_size,
     cpu_generator,
-    denoise_steps,
     draw,
     make_image_record,
     native_size,
@@ -173,7 +172,7 @@ def iter_upscale(request: UpscaleRequest, on_step: StepCallback | None = None) -
         pipe = loaded.pipe
         for index in range(request.num_images):
             seed = first + index
-            counter = StepCounter(on_step, 1, request.num_inference_steps)
+            counter = StepCounter(on_step, steps=request.num_inference_steps)
             image = upscale_x4(loaded, original, target, request, seed, counter)
             record = make_image_record("upscale", request, loaded, pipe, seed, index, image,
                                        {"method": "sd-x4-upscaler", "source": source_name(request.image)})
@@ -184,7 +183,7 @@ def iter_upscale(request: UpscaleRequest, on_step: StepCallback | None = None) -
     tiles = len(tile_boxes(target, (tile, tile), overlap))
     for index in range(request.num_images):
         seed = first + index
-        counter = StepCounter(on_step, tiles, denoise_steps(request.num_inference_steps, request.strength))
+        counter = StepCounter(on_step, tiles)
         canvas = original.resize(target, Image.Resampling.LANCZOS)
         # Every tile is prompted with the whole picture's prompt, so a tile may invent an object the
         # prompt names; back-projection keeps the model's fine detail and takes such inventions out.
