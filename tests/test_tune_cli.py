@@ -184,3 +184,24 @@ def test_a_run_stopped_before_its_first_checkpoint_is_started_over(tiny, tmp_pat
     (outdir / "loss_log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
     config = TuneConfig(str(subject_images(tmp_path / "s")), "shape", str(tiny["sd1"]), str(outdir))
     assert check_inputs(config).start_over
+
+
+def test_a_peft_too_old_for_the_installed_transformers_is_one_line_before_anything_is_written(tune_cli, monkeypatch):
+    # transformers 5.24 raised its minimum peft to 0.22 while the newest peft was 0.21: a fresh install
+    # got that pair. The same check reads the minimum from transformers, so raise it past any peft.
+    from importlib.metadata import version
+
+    import transformers.integrations.peft as transformers_peft
+
+    from dreamcli.config import cache_dir
+
+    monkeypatch.setattr(transformers_peft, "MIN_PEFT_VERSION", "99.0.0")
+    result, outdir = tune_cli("--train-text-encoder")
+    line = one_error_line(result)
+    assert result.exit_code == 1
+    assert f"transformers {version('transformers')} needs peft >= 99.0.0, but peft {version('peft')}" in line
+    assert "pip install 'peft>=99.0.0'" in line
+    assert not outdir.exists() and not (cache_dir() / "class-images").exists()
+    # UNet adapters need only diffusers' minimum, which the installed peft meets.
+    result, outdir = tune_cli("--no-train-text-encoder", "--steps", "1", "--no-prior")
+    assert result.exit_code == 0, result.stderr

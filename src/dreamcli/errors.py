@@ -31,3 +31,7 @@ class LoraMismatch(InputError):
 
 class DemoModelMissing(InputError):
     """The built-in demo model has not been built into this install."""
+
+
+class IncompatibleLibraries(DreamError):
+    """Installed libraries whose versions do not work together: the machine's fault, not the input's."""

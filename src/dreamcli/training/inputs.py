@@ -168,8 +168,10 @@ def check_inputs(config: TuneConfig) -> TuneInputs:
 
     Raises InputError (nothing written) on bad input; returns warnings for the caller to show.
     """
+    from dreamcli.compat import check_peft
     from dreamcli.engine import pick_device, resolve_model
 
+    check_peft(text_encoder=config.train_text_encoder)
     source = resolve_model(config.model, config.allow_unsafe_pickle)
     if pick_device(config.device) == "cpu" and config.mixed_precision == "fp16":
         raise InputError("--mixed-precision fp16 needs a GPU: use bf16 or no on the CPU")
