@@ -34,7 +34,7 @@ SETTING_KEYS = {
 }
 # Keys a preset may carry for other tasks (inpaint, upscale, tune) or for people reading it.
 PRESET_ONLY_KEYS = {"description", "inpaint_model", "upscale_model", "controlnet"}
-CONFIG_ONLY_KEYS = {"preset"}
+CONFIG_ONLY_KEYS = {"preset", "max_pixels"}  # max_pixels: see limits.py
 PACKAGE_PREFIX = "package:"  # a path inside the installed dreamcli package (the demo model)
 
 
