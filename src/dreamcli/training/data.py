@@ -19,24 +19,34 @@ class DreamBoothDataset(Dataset):
     VAE's cached latent distributions instead of pixels.
     """
 
-    def __init__(self, instance: list[Path], classes: list[Path], resolution: int, random_crop: bool = False):
+    def __init__(
+        self, instance: list[Path], classes: list[Path], resolution: int, random_crop: bool = False, seed: int = 0
+    ):
         self.instance, self.classes = list(instance), list(classes)
-        self.resolution, self.random_crop = resolution, random_crop
+        self.resolution, self.random_crop, self.seed = resolution, random_crop, seed
+        self.epoch = 0  # set by the training loop; with the seed and the index it picks the random crops
         self.cached: dict[str, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return max(len(self.instance), len(self.classes))
 
-    def pixels(self, path: Path) -> torch.Tensor:
-        """One image as a [-1, 1] tensor; the global `random` draws crops, so checkpoints restore it."""
-        return training_tensor(path, self.resolution, random if self.random_crop else None)
+    def pixels(self, path: Path, key: str | None = None) -> torch.Tensor:
+        """One image as a [-1, 1] tensor, centre-cropped, or with --random-crop cropped and flipped by a
+        generator seeded from `key`.
+
+        Not the global `random`: the data loader reads one batch ahead, so a crop would come from
+        before or after a checkpoint's saved state depending on where the run started.
+        """
+        rng = random.Random(f"{self.seed}:{key}") if self.random_crop and key is not None else None
+        return training_tensor(path, self.resolution, rng)
 
     def __getitem__(self, index: int) -> dict:
         i, item = index % len(self.instance), {}
-        item["instance"] = self.cached["instance"][i] if self.cached else self.pixels(self.instance[i])
+        key = f"{self.epoch}:{index}"
+        item["instance"] = self.cached["instance"][i] if self.cached else self.pixels(self.instance[i], f"i:{key}")
         if self.classes:
             j = index % len(self.classes)
-            item["class"] = self.cached["class"][j] if self.cached else self.pixels(self.classes[j])
+            item["class"] = self.cached["class"][j] if self.cached else self.pixels(self.classes[j], f"c:{key}")
         return item
 
     @torch.no_grad()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import resource
 import shutil
+import signal
+import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +57,48 @@ class TrainingProgress:
         self.step = int(state["step"])
 
 
+def seed_step(seed: int, process: int, step: int) -> None:
+    """Seed every random source (Python, NumPy, torch on each device) for one optimisation step from
+    (seed, process, step) alone.
+
+    The noise, timesteps and latent samples of step N then do not depend on what drew random numbers
+    before it: a resumed run starts a new data iterator (torch's DataLoader draws its base seed from
+    the global generator), validation and class images run in one run and not the other. Accelerate's
+    saved RNG states cannot undo draws made after they are restored.
+    """
+    from accelerate.utils import set_seed
+
+    digest = hashlib.sha256(f"dreamcli-tune:{seed}:{process}:{step}".encode()).digest()
+    set_seed(int.from_bytes(digest[:4], "little"))  # 32 bits: NumPy's seed limit
+
+
+class StopRequest:
+    """Ctrl-C during training: the first finishes the current step, so the checkpoint holds a whole
+    step (an interrupt inside optimizer.step would save half-updated weights); the second stops at once.
+
+    Only the main thread may handle signals; elsewhere Ctrl-C raises KeyboardInterrupt as usual.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MiB (Linux reports KiB, macOS bytes)."""
     import sys
@@ -64,8 +111,11 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
     """Teach a model the subject in `config.instance_data_dir` and write a LoRA into `config.output_dir`.
 
     `on_progress(stage, done, total, **info)` reports class-image generation and training steps,
-    `on_note(text)` warnings; both are called on the main process only. Ctrl-C (KeyboardInterrupt)
-    saves a checkpoint and is raised again; `config.resume` continues from the newest checkpoint.
+    `on_note(text)` warnings; both are called on the main process only. Ctrl-C finishes the current
+    step, saves a checkpoint and raises KeyboardInterrupt (a second Ctrl-C stops at once);
+    `config.resume` continues from the newest checkpoint and gives the weights of a run that never
+    stopped. tune_config.json ends "finished", "interrupted" or "failed" (with "error"); a run killed
+    outright is left "running" with a pid that is gone (rundir.was_killed).
     Raises InputError on bad input before anything is written.
     """
     from dreamcli.engine import load_base_pipeline, pick_device, source_hash  # first: it quiets library logs
@@ -84,14 +134,17 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         cpu=pick_device(config.device) == "cpu",  # also makes torchrun CPU processes join over gloo
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        # Seeded shuffling per epoch, so a resumed run sees the batches an uninterrupted one would.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Shuffled from (seed, epoch) alone, so a resumed run sees the batches an uninterrupted one would;
+        # the same seed on every process, so their shards of one permutation do not overlap.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
     )
     main = accelerator.is_main_process
     note = (on_note if main and on_note else lambda text: None)
     progress_cb = (on_progress if main and on_progress else lambda *a, **k: None)
+    record_written = False
+    progress = TrainingProgress()  # the steps done: loaded from a checkpoint, counted by the loop
+    progress.step = inputs.resume_step if inputs.resume_from is not None else 0
     try:
-        set_seed(config.seed, device_specific=True)  # each process draws its own noise
         options = ModelOptions(config.model, config.model_config, allow_unsafe_pickle=config.allow_unsafe_pickle)
         pipe = load_base_pipeline(inputs.source, options, torch.float32)
         pipe.set_progress_bar_config(disable=True)
@@ -110,8 +163,11 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
             record = {
                 **run_record(config), "model_id": model_id, "resolution": resolution,
                 "num_processes": accelerator.num_processes, "status": "running", "versions": _versions(),
+                # While "running", a reader tells a killed run (SIGKILL, power loss) by this pid being gone.
+                "pid": os.getpid(), "host": socket.gethostname(),
             }
             rundir.write_json_atomic(outdir / rundir.CONFIG_NAME, record)
+            record_written = True
 
         # ---- 2. Class images: the user's, topped up by the base model (main process; cached) ----
         class_paths: list[Path] = []
@@ -133,7 +189,7 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         # ---- 3. Dataset: images at the training resolution; latents cached when nothing varies ----
         weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
         vae.requires_grad_(False)
-        dataset = DreamBoothDataset(inputs.instance_images, class_paths, resolution, config.random_crop)
+        dataset = DreamBoothDataset(inputs.instance_images, class_paths, resolution, config.random_crop, config.seed)
         if weight_dtype != torch.float32:  # frozen weights in the compute dtype: half the memory
             vae.to(dtype=weight_dtype)
         if not config.random_crop:
@@ -149,6 +205,8 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         }
 
         # ---- 4. LoRA adapters on the attention projections; frozen weights in the compute dtype ----
+        # Seeded here, after the class images (made on a cache miss only), so they start the same either way.
+        set_seed(config.seed, device_specific=True)
         params = add_adapters(
             unet, text_encoder, config.rank, config.alpha, config.train_text_encoder, config.lora_layers
         )
@@ -182,7 +240,6 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         unet_wrapped = trained_wrapped[0]
 
         # ---- 5. Checkpoints hold the LoRA (diffusers format), optimizer, scheduler, RNG and step ----
-        progress = TrainingProgress()
         accelerator.register_for_checkpointing(progress)
 
         def save_hook(models, weights, folder):
@@ -214,6 +271,7 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                 shutil.rmtree(final, ignore_errors=True)
                 tmp.replace(final)  # a checkpoint appears only once complete
                 rundir.prune_checkpoints(outdir)
+                _finish_record(outdir, checkpoint_step=step, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
         if inputs.resume_from is not None:
             accelerator.load_state(str(inputs.resume_from))
@@ -225,15 +283,23 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         epoch = step // steps_per_epoch
         skip_batches = (step % steps_per_epoch) * config.gradient_accumulation_steps
         smoothed, last_loss, validation_images = None, None, []
+        step_begun = False  # a micro-batch of step+1 has run: its random draws were seeded
+        updating = False  # inside optimizer.step .. step += 1: the weights may be half a step on
         started = time.perf_counter()
         for model in trained_wrapped:
             model.train()
+        stop = StopRequest()
         try:
+            stop.install()
             progress_cb("training", step, config.max_train_steps)
             while step < config.max_train_steps:
                 dataloader.set_epoch(epoch)
+                dataset.epoch = epoch  # random crops are drawn from (seed, epoch, index)
                 batches = accelerator.skip_first_batches(dataloader, skip_batches) if skip_batches else dataloader
                 for batch in batches:
+                    if not step_begun:
+                        seed_step(config.seed, accelerator.process_index, step + 1)
+                        step_begun = True
                     with accelerator.accumulate(*trained_wrapped):
                         batch_inputs = batch["inputs"].to(accelerator.device, dtype=weight_dtype)
                         with torch.no_grad():
@@ -262,6 +328,7 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                         accelerator.backward(parts.total)
                         if accelerator.sync_gradients:
                             accelerator.clip_grad_norm_(params, 1.0)
+                        updating = accelerator.sync_gradients
                         optimizer.step()
                         lr_scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
@@ -269,7 +336,12 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                         continue
                     step += 1
                     progress.step = step
-                    parts_now = torch.stack([parts.total, parts.instance, parts.prior]).detach()
+                    updating, step_begun = False, False
+                    # The stop request travels with the losses, so every process stops after the same step.
+                    parts_now = torch.stack([
+                        parts.total.detach(), parts.instance.detach(), parts.prior.detach(),
+                        torch.tensor(float(stop.requested), device=parts.total.device),
+                    ])
                     losses = accelerator.reduce(parts_now, "mean")
                     last_loss = float(losses[0])
                     smoothed = last_loss if smoothed is None else SMOOTHING * smoothed + (1 - SMOOTHING) * last_loss
@@ -280,8 +352,11 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                             "seconds": round(time.perf_counter() - started, 2),
                         })
                     progress_cb("training", step, config.max_train_steps, loss=smoothed)
-                    if step % config.checkpointing_steps == 0 and step < config.max_train_steps:
+                    stopping = float(losses[3]) > 0 and step < config.max_train_steps
+                    if stopping or (step % config.checkpointing_steps == 0 and step < config.max_train_steps):
                         save_checkpoint(step)
+                    if stopping:
+                        raise KeyboardInterrupt
                     if main and config.validation_steps and step % config.validation_steps == 0:
                         validation_images += _validate(
                             pipe, config, outdir, step, resolution, accelerator, trained_wrapped
@@ -290,11 +365,14 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                         break
                 epoch, skip_batches = epoch + 1, 0
         except KeyboardInterrupt:
-            if step > first_step:
-                save_checkpoint(step, everyone=False)  # the others may be stopped anywhere: no barrier
-            if main:
-                _finish_record(outdir, status="interrupted", step=step)
+            saved = rundir.checkpoints(outdir)
+            # Between steps the weights are whole: save them. Inside optimizer.step they may be half
+            # updated: the newest checkpoint stands. The others may be stopped anywhere: no barrier.
+            if step > first_step and not updating and not (saved and saved[-1][0] == step):
+                save_checkpoint(step, everyone=False)
             raise
+        finally:
+            stop.restore()
         elapsed = time.perf_counter() - started
         rate = (step - first_step) / elapsed if elapsed > 0 else 0.0
 
@@ -316,6 +394,15 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
             )
         accelerator.wait_for_everyone()
         return result
+    except BaseException as error:
+        # The record says how the run ended; a run killed outright (SIGKILL) stays "running" with its pid.
+        if main and record_written:
+            if isinstance(error, KeyboardInterrupt):
+                fields = {"status": "interrupted"}
+            else:
+                fields = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+            _finish_record(outdir, **fields, step=progress.step)
+        raise
     finally:
         accelerator.end_training()
         _reset_accelerate()

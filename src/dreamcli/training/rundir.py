@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -95,9 +96,34 @@ def append_loss(outdir: Path, record: dict) -> None:
 
 
 def truncate_loss_log(outdir: Path, step: int) -> None:
-    """Drop lines after `step`: a resumed run redoes the steps after its checkpoint."""
+    """Drop lines after `step`: a resumed run redoes the steps after its checkpoint. A line cut short
+    by a killed process is dropped too."""
     path = outdir / LOSS_LOG_NAME
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def was_killed(record: dict) -> bool:
+    """Whether a run whose record still says "running" has no process left: killed outright
+    (SIGKILL, out of memory, power loss), when nothing could write "interrupted" or "failed".
+    Only decidable on the machine that ran it; a run from another host counts as alive."""
+    if record.get("status") != "running" or record.get("host") != socket.gethostname():
+        return False
+    pid = record.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, owned by someone else
+        return False
+    return False
