@@ -20,33 +20,49 @@ FAMILY_CONFIG_REPOS = {
 }
 
 
-def safetensors_keys(path: Path) -> dict[str, list[int]]:
+def safetensors_keys(path: Path, what: str = "") -> dict[str, list[int]]:
     """Tensor names and shapes from a .safetensors header, checking the file is complete.
 
     Reading only the header is instant even for 7 GB files; comparing the offsets it declares with
     the file size catches truncated downloads before diffusers fails with a less helpful error.
+    `what` ("LoRA ") starts the error messages, which name the file.
     """
-    size = path.stat().st_size
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
+            if size == 0:
+                raise ValueError("the file is empty")
             head = f.read(8)
             if len(head) < 8:
                 raise ValueError("file shorter than a safetensors header")
             n = int.from_bytes(head, "little")
-            if n <= 0 or n > min(size - 8, 100_000_000):
+            if n <= 0 or n > 100_000_000:
                 raise ValueError("header length out of range")
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        end = max((t["data_offsets"][1] for t in header.values()), default=0)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            if n > size - 8:  # cut inside its header
+                end = 0
+            else:
+                header = json.loads(f.read(n))
+                header.pop("__metadata__", None)
+                end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
+                shapes = {name: list(t["shape"]) for name, t in header.items()}
+    except OSError as e:  # permission denied, a folder named *.safetensors, an I/O error
+        raise InputError(f"cannot read {what}{path}: {e.strerror or e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
+        if isinstance(e, UnicodeDecodeError | json.JSONDecodeError):
+            reason = "its header is not JSON"
+        elif isinstance(e, ValueError):
+            reason = str(e)  # ours, above
+        else:  # JSON, but not a table of tensors with shapes and offsets
+            reason = "its header does not describe tensors"
         raise CorruptCheckpoint(
-            f"{path} is not a readable .safetensors file ({e}): download it again"
+            f"{what}{path} is not a readable .safetensors file ({reason}): download it again"
         ) from None
     if 8 + n + end > size:
         raise CorruptCheckpoint(
-            f"{path} is truncated ({size} bytes, header promises {8 + n + end}): download it again"
+            f"{what}{path} is not a readable .safetensors file: truncated ({size} bytes, its header promises "
+            f"{'more than ' if end == 0 else ''}{8 + n + end}): download it again"
         )
-    return {name: t["shape"] for name, t in header.items()}
+    return shapes
 
 
 def detect_family(keys: dict[str, list[int]]) -> str | None:

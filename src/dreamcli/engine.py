@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,10 +17,19 @@ from dreamcli.checkpoints import (
     FAMILY_CONFIG_REPOS,
     PICKLE_SUFFIXES,
     check_single_file,
+    detect_family,
     file_sha256,
+    safetensors_keys,
 )
 from dreamcli.config import PACKAGE_PREFIX, cache_dir, package_path
-from dreamcli.errors import DemoModelMissing, DreamError, InputError, LoraMismatch, ModelNotFound
+from dreamcli.errors import (
+    CorruptCheckpoint,
+    DemoModelMissing,
+    DreamError,
+    InputError,
+    LoraMismatch,
+    ModelNotFound,
+)
 from dreamcli.requests import LoraRef, ModelOptions
 from dreamcli.schedulers import SCHEDULERS
 
@@ -328,7 +340,8 @@ def load_model(options: ModelOptions) -> LoadedModel:
     offload = options.offload and device != "cpu"  # offloading to CPU from the CPU saves nothing
     key = (source.kind, source.location, options.model_config, device, dtype, offload)
     if key in _CACHE:
-        return _CACHE[key]
+        return _CACHE[key]  # pipeline_for checks any new LoRAs before it loads them
+    check_loras(options.loras, options.allow_unsafe_pickle)
     pipe = load_base_pipeline(source, options, DTYPES[dtype])
     pipe.set_progress_bar_config(disable=True)  # progress is ours, on stderr, via on_step
     if offload:
@@ -343,24 +356,128 @@ def load_model(options: ModelOptions) -> LoadedModel:
 
 
 def _lora_location(lora: LoraRef, allow_unsafe_pickle: bool) -> tuple[str, str | None]:
-    """(folder or repo id, weight file name) as diffusers' load_lora_weights wants them."""
+    """(folder or repo id, weight file name) as diffusers' load_lora_weights wants them, once the
+    file is known to be a readable LoRA: bad files fail here, before any model is loaded."""
     path = Path(lora.path).expanduser()
     if path.is_file():
-        if path.suffix.lower() != ".safetensors" and not allow_unsafe_pickle:
+        return str(path.parent), _check_lora_file(path, allow_unsafe_pickle)
+    if path.is_dir():
+        if (path / "model_index.json").is_file():
+            raise LoraMismatch(f"{path} is a diffusers model, not a LoRA: load it with -m, or give a LoRA with --lora")
+        try:
+            inside = sorted(p for p in path.iterdir() if p.is_file())
+        except OSError as e:
+            raise InputError(f"cannot read LoRA folder {path}: {e.strerror or e}") from None
+        files = [p for p in inside if p.suffix.lower() == ".safetensors"]
+        preferred = [f for f in files if f.name == "pytorch_lora_weights.safetensors"]
+        pickles = [p for p in inside if p.suffix.lower() in PICKLE_SUFFIXES]
+        if not files and pickles and allow_unsafe_pickle:
+            files = pickles
+        if not files:
+            also = ""
+            if pickles:
+                also = f" (only the pickle {pickles[0].name}: pass --allow-unsafe-pickle if you trust it)"
+            raise LoraMismatch(
+                f"LoRA folder {path} holds no .safetensors file{also}: give the folder that holds "
+                "pytorch_lora_weights.safetensors, or the LoRA file itself"
+            )
+        return str(path), _check_lora_file((preferred or files)[0], allow_unsafe_pickle)
+    head, sep, tail = lora.path.rpartition(":")
+    # `--lora DIR:abc`: parsing keeps a non-number after the last colon as part of the path, so the
+    # path is "not found"; when what comes before the colon is a LoRA, the scale is what is wrong.
+    # (Windows drives, `C:\x.safetensors`, leave a tail holding a separator: no scale was meant.)
+    if sep and head and not any(c in tail for c in "/\\") and (
+        Path(head).expanduser().exists() or Path(head).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES)
+    ):
+        raise InputError(
+            f"LoRA scale {tail!r} in --lora {lora.path} is not a number: write PATH:SCALE with a decimal scale, "
+            f"e.g. {head}:0.8"
+        )
+    if REPO_ID.match(lora.path) and not hub_offline():
+        return lora.path, None
+    raise LoraMismatch(f"LoRA {lora.path} not found: give a .safetensors file or a folder holding one")
+
+
+def _check_lora_file(path: Path, allow_unsafe_pickle: bool) -> str:
+    """The file name of a LoRA that is safe to hand to diffusers: a complete .safetensors LoRA, or a
+    pickle the user allowed; refuses corrupt files and full checkpoints named as a LoRA."""
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        if not allow_unsafe_pickle:
             raise LoraMismatch(
                 f"LoRA {path.name} is a pickle, which can run arbitrary code when loaded: use a "
                 ".safetensors file, or pass --allow-unsafe-pickle"
             )
-        return str(path.parent), path.name
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors"))
-        preferred = [f for f in files if f.name == "pytorch_lora_weights.safetensors"]
-        if not (preferred or files):
-            raise LoraMismatch(f"LoRA folder {path} holds no .safetensors file")
-        return str(path), (preferred or files)[0].name
-    if REPO_ID.match(lora.path) and not hub_offline():
-        return lora.path, None
-    raise LoraMismatch(f"LoRA {lora.path} not found: give a .safetensors file or a folder holding one")
+        return path.name  # diffusers reads it with torch.load(weights_only=True); failures are caught there
+    if suffix != ".safetensors":
+        # diffusers would hand any other name to torch.load, i.e. unpickle it.
+        raise InputError(f"LoRA {path} is not a .safetensors file: give a .safetensors LoRA (or a folder holding one)")
+    keys = safetensors_keys(path, "LoRA ")
+    if not keys:
+        raise CorruptCheckpoint(f"LoRA {path} holds no weights: download it again")
+    family = detect_family(keys)
+    if family is not None:
+        raise LoraMismatch(
+            f"{path} is a full {FAMILIES[family]} checkpoint, not a LoRA: load it with -m, or give a LoRA with --lora"
+        )
+    return path.name
+
+
+def check_loras(loras: tuple[LoraRef, ...], allow_unsafe_pickle: bool) -> None:
+    """Refuse missing or unreadable LoRA files (or a bad scale) before seconds go into loading a model."""
+    for lora in loras:
+        _lora_location(lora, allow_unsafe_pickle)
+
+
+@contextlib.contextmanager
+def _libraries_quiet():
+    """Hush diffusers, transformers and peft for the duration.
+
+    A LoRA that does not fit makes diffusers log every mismatched tensor (and peft warn) before it
+    raises: the user gets that as one line from us instead. Warnings on success are noise too.
+    """
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers", "peft")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _load_lora(loaded: LoadedModel, lora: LoraRef, location: str, weight_name: str | None, name: str) -> None:
+    """pipe.load_lora_weights with its failures as one line naming the LoRA and the model."""
+    model = f"model {loaded.source.name} ({FAMILIES.get(loaded.family, loaded.family)})"
+    try:
+        with _libraries_quiet():
+            loaded.pipe.load_lora_weights(location, weight_name=weight_name, adapter_name=name)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise  # the machine's limit, not the file's fault
+    except OSError as e:
+        # diffusers turns every read failure into "Unable to load weights from checkpoint file".
+        if weight_name is None:  # a hub repo
+            raise ModelNotFound(f"cannot get LoRA {lora.path} from the Hugging Face hub: {_first_line(e)}") from None
+        raise CorruptCheckpoint(
+            f"LoRA {lora.path} is not a readable {Path(weight_name).suffix or 'LoRA'} file: download it again"
+        ) from None
+    except Exception as e:  # a malformed file can break diffusers' converters anywhere
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        # torch lists every bad tensor; the first "size mismatch" line says the most.
+        detail = next((ln for ln in lines if "size mismatch" in ln), lines[0])[:160]
+        raise LoraMismatch(f"LoRA {lora.path} does not fit {model}: {detail}") from None
+    loaded_names = {n for names_ in loaded.pipe.get_list_adapters().values() for n in names_}
+    if name not in loaded_names:
+        raise LoraMismatch(
+            f"LoRA {lora.path} has no weights for the layers of {model}: it was made for another model"
+        )
+
+
+def _first_line(error: Exception) -> str:
+    return next((ln.strip() for ln in str(error).splitlines() if ln.strip()), type(error).__name__)[:160]
 
 
 def apply_loras(loaded: LoadedModel, loras: tuple[LoraRef, ...], allow_unsafe_pickle: bool) -> None:
@@ -376,22 +493,7 @@ def apply_loras(loaded: LoadedModel, loras: tuple[LoraRef, ...], allow_unsafe_pi
         for i, lora in enumerate(loras):
             location, weight_name = _lora_location(lora, allow_unsafe_pickle)
             name = f"lora{i}"
-            try:
-                pipe.load_lora_weights(location, weight_name=weight_name, adapter_name=name)
-            except (ValueError, RuntimeError, KeyError) as e:
-                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
-                # torch lists every bad tensor; the first "size mismatch" line says the most.
-                detail = next((ln for ln in lines if "size mismatch" in ln), lines[0])[:160]
-                raise LoraMismatch(
-                    f"LoRA {lora.path} does not fit model {loaded.source.name} "
-                    f"({FAMILIES.get(loaded.family, loaded.family)}): {detail}"
-                ) from None
-            loaded_names = {n for names_ in pipe.get_list_adapters().values() for n in names_}
-            if name not in loaded_names:
-                raise LoraMismatch(
-                    f"LoRA {lora.path} has no weights for the layers of model {loaded.source.name} "
-                    f"({FAMILIES.get(loaded.family, loaded.family)}): it was made for another model"
-                )
+            _load_lora(loaded, lora, location, weight_name, name)
             names.append(name)
     except BaseException:
         if names or pipe.get_list_adapters():

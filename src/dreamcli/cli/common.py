@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sys
 from typing import Annotated
 
@@ -29,14 +31,43 @@ def hint(message: str, quiet: bool = False) -> None:
         console.print(Text(message, style="dim"), soft_wrap=True)
 
 
+# What the C library calls a full disk or quota; Rust (safetensors) and others quote the same text.
+DISK_FULL = {errno.ENOSPC: os.strerror(errno.ENOSPC)}
+if hasattr(errno, "EDQUOT"):  # not on Windows
+    DISK_FULL[errno.EDQUOT] = os.strerror(errno.EDQUOT)
+
+
+def disk_full_line(error: BaseException) -> str | None:
+    """The one line for a write that failed because the disk (or the quota) is full, else None.
+
+    Our own image writes say so themselves (io.outputs); this catches every other writer (training
+    checkpoints, caches, libraries) so that a full disk is never a traceback.
+    """
+    if isinstance(error, OSError) and error.errno in DISK_FULL:
+        cause = DISK_FULL[error.errno].lower()
+        return f"cannot write {error.filename or 'a file'}: {cause}: free some space and run again"
+    text = str(error)
+    cause = next((c for c in DISK_FULL.values() if c in text), None)
+    if cause is not None:
+        return f"cannot write a file: {cause.lower()} ({type(error).__name__}): free some space and run again"
+    return None
+
+
 @contextlib.contextmanager
 def user_errors():
-    """Turn DreamError into a red line and its exit code; unexpected errors keep their traceback."""
+    """Turn DreamError into a red line and its exit code; a full disk into a red line and exit 1;
+    unexpected errors keep their traceback."""
     try:
         yield
     except DreamError as e:
         error_line(str(e))
         raise typer.Exit(e.exit_code) from None
+    except Exception as e:
+        line = disk_full_line(e)
+        if line is None:
+            raise
+        error_line(line)  # the machine's state, not the input: exit 1
+        raise typer.Exit(1) from None
 
 
 def emit(line: str) -> None:

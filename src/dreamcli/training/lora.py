@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from dreamcli.io.outputs import match_umask
+
 UNET_TARGETS = {
     "attention": ["to_q", "to_k", "to_v", "to_out.0"],  # attention projections, as DreamBooth-LoRA does
     # Plus the ResNet convolutions, the transformer blocks' in/out projections and feed-forwards (what
@@ -68,6 +70,7 @@ def save_lora(folder: Path, unet, text_encoder=None, weight_name: str = "pytorch
         text_encoder_lora_adapter_metadata=text_encoder.peft_config["default"].to_dict() if text_layers else None,
         weight_name=weight_name,
     )
+    match_umask(Path(folder) / weight_name)  # safetensors creates its files 0600
     return Path(folder) / weight_name
 
 
@@ -108,4 +111,5 @@ def export_kohya(path: Path, unet, text_encoder, alpha: float) -> Path:
             value = torch.tensor(float(alpha))  # the converter assumes alpha == rank
         kohya[key] = value.detach().cpu().contiguous()
     save_file(kohya, str(path), metadata={"ss_network_module": "networks.lora", "ss_network_alpha": str(alpha)})
+    match_umask(path)  # safetensors creates its files 0600
     return path
