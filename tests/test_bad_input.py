@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -31,6 +32,13 @@ def assert_refused(result, outdir, *fragments):
         (["--format", "gif"], ["unknown format 'gif'", "png, jpg or webp"]),
         (["--device", "tpu"], ["unknown device 'tpu'"]),
         (["--preset", "nope"], ["unknown preset 'nope'", "sd15"]),
+        (["-g", "nan"], ["guidance nan is not a finite number", "7.5"]),
+        (["-g", "inf"], ["guidance inf is not a finite number"]),
+        (["--guidance-rescale", "nan"], ["guidance-rescale nan is not a finite number"]),
+        (["--steps", "99999999999999999999999"], ["steps 99999999999999999999999 is too many", "1000"]),
+        (["-n", "2000000"], ["num-images 2000000 is too many", "1000000"]),
+        (["-W", "100000"], ["width 100000 is larger than any model draws", "16384"]),
+        (["-W", "8192", "-H", "8192"], ["8192x8192", "over the limit", "DREAMCLI_MAX_PIXELS"]),
     ],
 )
 def test_bad_values_are_refused_before_loading(gen, args, fragments):
@@ -161,3 +169,252 @@ def test_lora_for_another_model(gen, tiny, tmp_path):
 def test_missing_lora(gen, tmp_path):
     result, outdir = gen("x", "--lora", tmp_path / "nope.safetensors")
     assert_refused(result, outdir, "LoRA", "not found")
+
+
+# ---- numbers only the loaded model can check: steps its scheduler takes, sizes it draws at ----
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--steps", "1001"], ["steps 1001 is more than this model's PNDM scheduler can take (1000)", "--steps 1000"]),
+        (["--steps", "1001", "--scheduler", "euler"], ["steps 1001", "EulerDiscrete", "(1000)"]),
+        (["--steps", "51", "--scheduler", "lcm"], ["steps 51", "LCM scheduler can take (50)", "--steps 50"]),
+    ],
+)
+def test_steps_beyond_the_scheduler_are_refused(gen, args, fragments):
+    result, outdir = gen("a red circle", *args)
+    assert_refused(result, outdir, *fragments)
+
+
+def test_steps_at_the_scheduler_limit_are_accepted(gen):
+    # The limit is the scheduler's own: LCM takes 50, one more is refused above.
+    result, outdir = gen("a red circle", "--steps", "50", "--scheduler", "lcm", "-W", "16", "-H", "16")
+    assert result.exit_code == 0, result.stderr
+    assert len(written(outdir)) == 1
+
+
+def test_prompt_file_line_with_too_many_steps_writes_nothing(gen, tmp_path):
+    # Checked for every line once the model is loaded, before the first line's image is drawn.
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text('a red circle\n{"prompt": "x", "steps": 1001}\n')
+    result, outdir = gen("--prompts", prompts)
+    assert_refused(result, outdir, "steps 1001", "(1000)")
+
+
+def test_native_size_over_the_pixel_limit_is_refused(gen, monkeypatch):
+    # Only the width is given: the tiny model's native height (32) makes 256x32 = 8192 pixels.
+    monkeypatch.setenv("DREAMCLI_MAX_PIXELS", "8000")
+    result, outdir = gen("a red circle", "-W", "256")
+    assert_refused(result, outdir, "256x32", "over the limit", "DREAMCLI_MAX_PIXELS")
+
+
+def test_batch_over_the_pixel_limit_is_refused(gen, monkeypatch):
+    monkeypatch.setenv("DREAMCLI_MAX_PIXELS", str(3 * 32 * 32))
+    result, outdir = gen("a red circle", "-W", "32", "-H", "32", "-n", "4", "--batch-size", "4")
+    assert_refused(result, outdir, "one batch holds 4 pictures of 32x32", "lower --batch-size")
+    result, outdir = gen("a red circle", "-W", "32", "-H", "32", "-n", "4", "--batch-size", "3")
+    assert result.exit_code == 0, result.stderr
+    assert len(written(outdir)) == 4
+
+
+@pytest.mark.parametrize(
+    "line, fragments",
+    [
+        ('{"prompt": "x", "guidance": NaN}', ["line 1", "guidance nan is not a finite number"]),
+        ('{"prompt": "x", "guidance_rescale": Infinity}', ["line 1", "guidance-rescale inf"]),
+        ('{"prompt": null}', ["line 1", 'has no "prompt"']),
+        ('{"prompt": "x", "steps": 1' + "0" * 5000 + "}", ["line 1", "more than 4300 digits"]),
+        ('{"prompt": ' * 5000 + '"x"' + "}" * 5000, ["line 1", "nests too deeply"]),
+    ],
+)
+def test_bad_numbers_and_nesting_in_json_lines(gen, tmp_path, line, fragments):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(line + "\n")
+    result, outdir = gen("--prompts", prompts)
+    assert_refused(result, outdir, *fragments)
+
+
+@pytest.mark.parametrize(
+    "preset, fragments",
+    [
+        ('steps = "many"', ["steps must be a whole number", "'many'"]),
+        ("guidance = nan", ["guidance nan is not a finite number"]),
+        ('offload = "no"', ["offload must be true or false", "'no'"]),
+        ("lora = 5", ["lora must be a path or a list of paths", "5"]),
+        ("width = 8192\nheight = 8192", ["8192x8192", "over the limit"]),
+    ],
+)
+def test_bad_values_in_a_preset(cli, tiny, tmp_path, monkeypatch, preset, fragments):
+    home = tmp_path / "home"
+    (home / "presets").mkdir(parents=True)
+    (home / "presets" / "bad.toml").write_text(f'model = "{tiny["sd1"].as_posix()}"\n{preset}\n')
+    monkeypatch.setenv("DREAMCLI_HOME", str(home))
+    outdir = tmp_path / "out"
+    assert_refused(cli("gen", "a red circle", "--preset", "bad", "-o", outdir, "-q"), outdir, *fragments)
+
+
+def test_image_commands_refuse_non_finite_and_huge_numbers(cli, tiny, tmp_path):
+    from PIL import Image
+
+    image, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    Image.new("L", (32, 32), 255).save(mask)
+    outdir = tmp_path / "out"
+    base = ["-m", tiny["sd1"], "--steps", 2, "-o", outdir, "-q"]
+    for args, fragments in [
+        (["inpaint", image, "x", "--mask", mask, "--mask-blur", "inf"], ["mask-blur inf is not a finite number"]),
+        (["inpaint", image, "x", "--mask", mask, "--mask-blur", "1e20"], ["mask-blur 1e+20 is wider", "4096"]),
+        (["inpaint", image, "x", "--mask", mask, "--strength", "nan"], ["strength nan is not a finite number"]),
+        (["inpaint", image, "x", "--mask", mask, "-g", "inf"], ["guidance inf is not a finite number"]),
+        (["colorize", image, "--strength", "nan"], ["strength nan"]),
+        (["upscale", image, "-g", "nan"], ["guidance nan"]),
+        (["outpaint", image, "--right", 32, "-g", "-inf"], ["guidance -inf"]),
+    ]:
+        assert_refused(cli(*args, *base), outdir, *fragments)
+
+
+@pytest.mark.parametrize("command", ["inpaint", "colorize", "outpaint", "upscale"])
+def test_image_commands_refuse_steps_beyond_the_scheduler(cli, tiny, tmp_path, command):
+    from PIL import Image
+
+    image, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    Image.new("L", (32, 32), 255).save(mask)
+    extra = {"inpaint": ["x", "--mask", mask], "outpaint": ["--right", 16], "upscale": ["--scale", 2]}.get(command, [])
+    outdir = tmp_path / "out"
+    result = cli(command, image, *extra, "-m", tiny["sd1"], "--steps", 1001, "--strength", 0.5, "-o", outdir, "-q")
+    assert_refused(result, outdir, "steps 1001", "PNDM scheduler can take (1000)")
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--lr", "nan"], ["lr nan is not a finite number"]),
+        (["--alpha", "inf"], ["alpha inf is not a finite number"]),
+        (["--prior-weight", "nan"], ["prior-weight nan"]),
+        (["--rank", "100000"], ["rank 100000", "2048 or less"]),
+        (["--resolution", "4096", "--batch-size", "4"], ["one training step holds 8 pictures of 4096x4096"]),
+    ],
+)
+def test_tune_refuses_non_finite_and_huge_numbers(cli, tiny, tmp_path, args, fragments):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    outdir = tmp_path / "run"
+    result = cli("tune", "--images", photos, "--class", "dog", "-m", tiny["sd1"], "-o", outdir, *args)
+    assert_refused(result, outdir, *fragments)
+
+
+# ---- image metadata anyone can edit: `dream gen --from` and `dream info` ----
+
+
+def image_with_metadata(path, record=None, parameters=None, raw=None):
+    """A small PNG carrying the given dreamcli record (or raw chunk text) and A1111 text."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    if parameters is not None:
+        info.add_text("parameters", parameters)
+    if raw is not None or record is not None:
+        info.add_text("dreamcli", raw if raw is not None else json.dumps(record))
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(path, pnginfo=info)
+    return path
+
+
+def a_record(model) -> dict:
+    """The shape of a record dreamcli writes, for the tiny model."""
+    return {
+        "request": {
+            "prompt": "a red circle", "negative_prompt": "", "num_inference_steps": 2, "guidance_scale": 7.5,
+            "guidance_rescale": 0.0, "width": 32, "height": 32, "num_images": 1, "seed": 5,
+            "model": {"model": str(model), "model_config": None, "scheduler": None, "loras": [], "device": "auto",
+                      "dtype": "auto"},
+        },
+        "seed": 5, "model_path": str(model), "device": "cpu", "dtype": "fp32", "versions": {"dreamcli": "0"},
+    }
+
+
+def edited(record: dict, where: str, value) -> dict:
+    record = json.loads(json.dumps(record))
+    *parents, key = where.split(".")
+    table = record
+    for name in parents:
+        table = table[name]
+    table[key] = value
+    return record
+
+
+EDITS = [
+    ("request.num_inference_steps", "many", ["steps must be a whole number", "'many'"]),
+    ("request.prompt", ["a", "b"], ["prompt must be text", "['a', 'b']"]),
+    ("request.width", 100000, ["width 100000 is larger than any model draws"]),
+    ("request.guidance_scale", float("nan"), ["guidance nan is not a finite number"]),
+    ("request.num_inference_steps", 0, ["steps 0 is too few"]),
+    ("seed", 2**70, ["seed 1180591620717411303424 is out of range"]),
+    ("request.model.loras", [5], ["lora must be a path or a list of paths"]),
+    ("request.model.scheduler", "warp", ["unknown scheduler 'warp'"]),
+    ("request.model.model", 5, ["model must be text"]),
+    ("request.model", "x", ["request.model must be an object", "'x'"]),
+    ("request", [1], ["request must be an object"]),
+]
+
+
+@pytest.mark.parametrize("where, value, fragments", EDITS, ids=[f"{w}={v!r}"[:40] for w, v, _ in EDITS])
+def test_edited_metadata_is_refused_by_gen_from_and_info(cli, tiny, tmp_path, where, value, fragments):
+    image = image_with_metadata(tmp_path / "edited.png", edited(a_record(tiny["sd1"]), where, value))
+    outdir = tmp_path / "out"
+    assert_refused(cli("gen", "--from", image, "-o", outdir, "-q"), outdir, str(image), *fragments)
+    assert_refused(cli("info", image), outdir, str(image), *fragments)
+
+
+def test_unedited_record_remakes_and_an_overriding_flag_fixes_a_bad_field(cli, tiny, tmp_path):
+    # The control for the refusals above: the same record unedited makes an image, and a flag that
+    # replaces the one bad value is taken instead of it.
+    outdir = tmp_path / "out"
+    good = image_with_metadata(tmp_path / "good.png", a_record(tiny["sd1"]))
+    result = cli("gen", "--from", good, "-o", outdir, "-q")
+    assert result.exit_code == 0, result.stderr
+    bad = image_with_metadata(tmp_path / "bad.png", edited(a_record(tiny["sd1"]), "request.num_inference_steps", "x"))
+    result = cli("gen", "--from", bad, "--steps", 2, "-o", outdir, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert len(written(outdir)) == 2
+    assert f"Model path: {tiny['sd1']}" in cli("info", good).stdout.splitlines()
+
+
+def test_metadata_steps_beyond_the_scheduler_are_refused(cli, tiny, tmp_path):
+    image = image_with_metadata(tmp_path / "edited.png",
+                                edited(a_record(tiny["sd1"]), "request.num_inference_steps", 5000))
+    outdir = tmp_path / "out"
+    assert_refused(cli("gen", "--from", image, "-o", outdir, "-q"), outdir, "steps 5000", "(1000)")
+
+
+@pytest.mark.parametrize(
+    "parameters, fragments",
+    [
+        ("a cat\nSteps: many, Seed: 3", ["A1111 Steps 'many' is not a whole number"]),
+        ("a cat\nSteps: 20, Size: 512x512x3", ["A1111 Size '512x512x3' is not WIDTHxHEIGHT"]),
+        ("a cat\nSteps: 20, CFG scale: nan", ["guidance nan is not a finite number"]),
+        ("a cat\nSteps: 20, Seed: 1" + "0" * 5000, ["A1111 Seed", "is not a whole number"]),
+        ("a cat\nSteps: 20, Size: 99999x64", ["width 99999 is not a multiple of 8"]),
+        ("a cat\nSteps: 20, Size: 8192x8192", ["8192x8192", "over the limit"]),
+    ],
+)
+def test_edited_a1111_text_is_refused(cli, tmp_path, parameters, fragments):
+    image = image_with_metadata(tmp_path / "edited.png", parameters=parameters)
+    outdir = tmp_path / "out"
+    assert_refused(cli("gen", "--from", image, "-o", outdir, "-q"), outdir, str(image), *fragments)
+    assert_refused(cli("info", image), outdir, str(image), *fragments)
+
+
+@pytest.mark.parametrize("raw", ["[1, 2]", "[" * 100_000 + "]" * 100_000, "{not json"])
+def test_unreadable_record_falls_back_to_the_a1111_text(cli, tmp_path, raw):
+    image = image_with_metadata(tmp_path / "edited.png", raw=raw, parameters="a cat\nSteps: 20, Seed: 3")
+    result = cli("info", image)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == ["a cat", "Steps: 20, Seed: 3"]
+
+
+def test_info_refuses_a_record_whose_versions_are_not_an_object(cli, tiny, tmp_path):
+    image = image_with_metadata(tmp_path / "edited.png", edited(a_record(tiny["sd1"]), "versions", [1]))
+    assert_refused(cli("info", image), tmp_path / "out", str(image), "versions must be an object")

@@ -209,3 +209,20 @@ def test_a_peft_too_old_for_the_installed_transformers_is_one_line_before_anythi
     # UNet adapters need only diffusers' minimum, which the installed peft meets.
     result, outdir = tune_cli("--no-train-text-encoder", "--steps", "1", "--no-prior")
     assert result.exit_code == 0, result.stderr
+
+
+def test_a_preset_with_a_sampling_value_of_the_wrong_type_is_one_line(cli, tiny, tmp_path):
+    from dreamcli.config import dreamcli_home
+
+    presets = dreamcli_home() / "presets"
+    presets.mkdir(parents=True, exist_ok=True)
+    preset = presets / "bad-steps.toml"
+    preset.write_text(f'model = "{tiny["sd1"]}"\nsteps = "many"\n')
+    try:
+        result = cli("tune", "--preset", "bad-steps", "--images", subject_images(tmp_path / "s"), "--class", "shape",
+                     "-o", tmp_path / "run", "--device", "cpu")
+    finally:
+        preset.unlink()
+    assert result.exit_code == 2
+    assert "steps for class images must be a whole number" in one_error_line(result)
+    assert not (tmp_path / "run").exists()

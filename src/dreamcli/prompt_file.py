@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from dreamcli.errors import InputError
-from dreamcli.requests import SETTING_TO_FIELD, coerce_setting
+from dreamcli.requests import SETTING_TO_FIELD, coerce_setting, shown
 
 # Keys a JSON line may set, by their short names and by diffusers' names.
 LINE_KEYS = {**{k: k for k in SETTING_TO_FIELD}, **{v: k for k, v in SETTING_TO_FIELD.items()}}
@@ -46,15 +46,19 @@ def parse_prompt_lines(text: str, name: str) -> list[dict]:
             data = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{where} is not valid JSON ({e.msg} at column {e.colno})") from None
+        except ValueError:  # Python reads no integer of more than 4300 digits
+            raise InputError(f"{where} has a number of more than 4300 digits: give a usual one (steps 30)") from None
+        except RecursionError:
+            raise InputError(f"{where} nests too deeply to read: give one flat JSON object of settings") from None
         if not isinstance(data, dict):
             raise InputError(f"{where} must be a JSON object like {{\"prompt\": \"...\"}}")
         item = {}
         for key, value in data.items():
             if key not in LINE_KEYS:
-                raise InputError(f"{where}: unknown key {key!r}: use {', '.join(sorted(SETTING_TO_FIELD))}")
+                raise InputError(f"{where}: unknown key {shown(key)}: use {', '.join(sorted(SETTING_TO_FIELD))}")
             short = LINE_KEYS[key]
             item[short] = coerce_setting(short, value, where)
-        if "prompt" not in item:
+        if item.get("prompt") is None:
             raise InputError(f"{where} has no \"prompt\"")
         item["_line"] = number
         items.append(item)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 from dreamcli.errors import InputError
 from dreamcli.schedulers import SCHEDULERS
@@ -12,6 +13,84 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 FORMATS = ("png", "jpg", "webp")
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; the per-image offset must not overflow
+# Images are made one batch at a time, but every image of a request is planned (and, across processes,
+# shared out) up front: a million is more than a night of any GPU, and its plan still fits in memory.
+MAX_NUM_IMAGES = 1_000_000
+# A side longer than this is refused whatever the other: no model draws sensibly at such shapes (SDXL
+# trained up to 4:1), and `-W 100000` against a 128 px preset height still passes the pixel limit.
+MAX_SIDE = 16384
+# Refused before any model loads; the model's own scheduler then sets the real limit (1000 timesteps
+# for Stable Diffusion, 50 for LCM): see schedulers.check_steps.
+MAX_STEPS = 10_000
+# Pillow's Gaussian blur fails past a radius of about 1e14; a feathering wider than the largest picture
+# (4096 px at the default pixel limit) blurs the whole mask away anyway.
+MAX_MASK_BLUR = 4096.0
+# A LoRA's rank above its layer's width adds weights but no capacity (SD and SDXL layers are at most
+# 1280 wide, 2048 for SDXL's text features); ranks like 1e6 would only exhaust memory.
+MAX_RANK = 2048
+
+# The flag (or setting) a field is set by, for messages; other fields are named with dashes for underscores.
+FIELD_LABELS = {
+    "num_inference_steps": "steps", "guidance_scale": "guidance", "negative_prompt": "negative",
+    "controlnet_conditioning_scale": "controlnet-scale", "instance_data_dir": "images", "class_word": "class",
+    "output_dir": "outdir", "instance_prompt": "prompt", "max_train_steps": "steps", "learning_rate": "lr",
+    "lora_alpha": "alpha", "lora_layers": "layers", "train_batch_size": "batch-size",
+    "gradient_accumulation_steps": "grad-accum", "with_prior_preservation": "prior",
+    "prior_loss_weight": "prior-weight", "num_class_images": "class-images", "class_data_dir": "class-dir",
+    "checkpointing_steps": "checkpoint-every", "validation_steps": "validation-every",
+    "num_validation_images": "validation-images",
+    # A preset's steps and guidance are what class images are made with.
+    "class_steps": "steps for class images", "class_guidance": "guidance for class images",
+}
+_KINDS = {"int": "a whole number", "float": "a number", "str": "text", "bool": "true or false"}
+
+
+def label(field_name: str) -> str:
+    """The name a user knows a request field by (its flag)."""
+    return FIELD_LABELS.get(field_name, field_name.replace("_", "-"))
+
+
+def shown(value) -> str:
+    """A value as a message shows it: its repr, cut short (a pasted novel stays one readable line)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_value_type(name: str, value, kind: str, example=None) -> None:
+    """Refuse a value of the wrong type (bool is not a number) or a float that is NaN or infinite."""
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
+    else:
+        ok = isinstance(value, bool)
+    hint = f" (e.g. {example})" if example is not None and kind != "bool" else ""
+    if not ok:
+        raise InputError(f"{name} must be {_KINDS[kind]}{hint}, got {shown(value)}")
+    if kind == "float" and not math.isfinite(value):
+        raise InputError(f"{name} {value} is not a finite number: give a number{hint}")
+
+
+def check_field_types(request) -> None:
+    """Check every int, float, str and bool field of a request dataclass against its annotation.
+
+    Requests are built from flags, presets, prompt-file JSON and image metadata, so any value can
+    arrive; checked first, the range checks that follow can compare without a TypeError.
+    """
+    for f in fields(request):
+        kind, _, optional = f.type.partition(" | ")
+        value = getattr(request, f.name)
+        if kind not in _KINDS or (value is None and optional == "None"):
+            continue
+        check_value_type(label(f.name), value, kind, None if f.default is MISSING else f.default)
+
+
+def check_path_text(name: str, value) -> None:
+    """A path given as text must be one the OS can take (no NUL, which no file name can hold)."""
+    if isinstance(value, str) and "\x00" in value:
+        raise InputError(f"{name} {shown(value)} contains a NUL character: give a real path")
 
 
 @dataclass(frozen=True)
@@ -28,6 +107,11 @@ class LoraRef:
         if sep and path and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)", tail):
             return cls(path, float(tail))
         return cls(text, 1.0)
+
+    def __post_init__(self):
+        check_value_type("lora", self.path, "str")
+        check_path_text("lora", self.path)
+        check_value_type(f"lora {self.path} scale", self.scale, "float", 1.0)
 
     def __str__(self) -> str:
         return f"{self.path}:{self.scale:g}"
@@ -54,6 +138,11 @@ class ModelOptions:
     def __post_init__(self):
         if not self.model:
             raise InputError("no model given: pass -m/--model or --preset")
+        check_field_types(self)
+        check_path_text("model", self.model)
+        check_path_text("model-config", self.model_config)
+        if not isinstance(self.loras, tuple) or not all(isinstance(lora, LoraRef) for lora in self.loras):
+            raise InputError(f"loras must be a tuple of LoraRef, got {shown(self.loras)}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise InputError(
                 f"unknown scheduler {self.scheduler!r}: use one of {', '.join(SCHEDULERS)}"
@@ -62,6 +151,40 @@ class ModelOptions:
             raise InputError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
         if self.dtype not in DTYPES:
             raise InputError(f"unknown dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+
+
+def check_model(model) -> None:
+    """A request's model options must be a ModelOptions (a library caller may pass anything)."""
+    if not isinstance(model, ModelOptions):
+        raise InputError(f"model must be a ModelOptions, got {shown(model)}: build it with model_options_from()")
+
+
+def check_steps_range(value: int, name: str = "steps") -> None:
+    """At least one denoising step, and not absurdly many (no scheduler is trained on more)."""
+    if value < 1:
+        raise InputError(f"{name} {value} is too few: use 1 or more")
+    if value > MAX_STEPS:
+        raise InputError(f"{name} {value} is too many: use at most 1000 (Stable Diffusion's schedulers; 30 is usual)")
+
+
+def check_num_images(value: int) -> None:
+    """At least one image, and no more than a run can plan."""
+    if value < 1:
+        raise InputError(f"num-images {value} is too few: use 1 or more")
+    if value > MAX_NUM_IMAGES:
+        raise InputError(f"num-images {value} is too many: use at most {MAX_NUM_IMAGES} per prompt")
+
+
+def check_batch_pixels(count: int, width: int, height: int, what: str, fix: str) -> None:
+    """Refuse a batch whose pictures together pass the pixel limit: they are all in memory at once."""
+    from dreamcli.limits import ENV_VAR, max_pixels
+
+    limit, total = max_pixels(), count * width * height
+    if total > limit:
+        raise InputError(
+            f"{what} holds {count} pictures of {width}x{height} = {total / 1e6:.1f} megapixels at once, over the "
+            f"limit of {limit / 1e6:.1f}: {fix}, or raise ${ENV_VAR} if this machine has the memory"
+        )
 
 
 def check_size(name: str, value: int | None) -> None:
@@ -73,6 +196,8 @@ def check_size(name: str, value: int | None) -> None:
     if value % 8:
         lower = value - value % 8
         raise InputError(f"{name} {value} is not a multiple of 8: use {lower} or {lower + 8}")
+    if value > MAX_SIDE:
+        raise InputError(f"{name} {value} is larger than any model draws: use at most {MAX_SIDE}")
 
 
 @dataclass(frozen=True)
@@ -93,18 +218,20 @@ class GenRequest:
     seed: int | None = None  # None: a random base seed, drawn and recorded by the task
 
     def __post_init__(self):
-        if not isinstance(self.prompt, str):
-            raise InputError(f"prompt must be text, got {self.prompt!r}")
-        if self.num_inference_steps < 1:
-            raise InputError(f"steps {self.num_inference_steps} is too few: use 1 or more")
+        check_field_types(self)
+        check_model(self.model)
+        check_steps_range(self.num_inference_steps)
         if self.guidance_scale < 0:
             raise InputError(f"guidance {self.guidance_scale:g} is negative: use 0 or more (7.5 is usual)")
         if not 0 <= self.guidance_rescale <= 1:
             raise InputError(f"guidance-rescale {self.guidance_rescale:g} is out of range: use 0 to 1 (0.7 is usual)")
-        if self.num_images < 1:
-            raise InputError(f"num-images {self.num_images} is too few: use 1 or more")
+        check_num_images(self.num_images)
         check_size("width", self.width)
         check_size("height", self.height)
+        if self.width is not None and self.height is not None:
+            from dreamcli.limits import check_pixels
+
+            check_pixels(self.width, self.height, "the image")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED - self.num_images:
             raise InputError(f"seed {self.seed} is out of range: use 0 to {MAX_SEED - self.num_images}")
 
@@ -142,15 +269,17 @@ def coerce_setting(key: str, value, where: str):
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, bool) or not isinstance(value, want):
-        raise InputError(f"{where}: {key} must be {want.__name__}, got {value!r}")
+        raise InputError(f"{where}: {key} must be {want.__name__}, got {shown(value)}")
     return value
 
 
 def model_options_from(settings: dict) -> ModelOptions:
     """Build ModelOptions from merged settings (short names)."""
     loras = settings.get("lora") or ()
-    if isinstance(loras, str):
+    if isinstance(loras, str | LoraRef):
         loras = (loras,)
+    if not isinstance(loras, list | tuple) or not all(isinstance(lora, str | LoraRef) for lora in loras):
+        raise InputError(f"lora must be a path or a list of paths (PATH or PATH:SCALE), got {shown(loras)}")
     return ModelOptions(
         model=settings.get("model") or "",
         model_config=settings.get("model_config"),
@@ -158,19 +287,24 @@ def model_options_from(settings: dict) -> ModelOptions:
         loras=tuple(lora if isinstance(lora, LoraRef) else LoraRef.parse(lora) for lora in loras),
         device=settings.get("device") or "auto",
         dtype=settings.get("dtype") or "auto",
-        offload=bool(settings.get("offload")),
-        vae_tiling=bool(settings.get("vae_tiling")),
-        attention_slicing=bool(settings.get("attention_slicing")),
-        allow_unsafe_pickle=bool(settings.get("allow_unsafe_pickle")),
-        compile=bool(settings.get("compile")),
-        channels_last=_tristate(settings.get("channels_last")),
-        fuse_qkv=_tristate(settings.get("fuse_qkv")),
+        offload=_switch(settings, "offload"),
+        vae_tiling=_switch(settings, "vae_tiling"),
+        attention_slicing=_switch(settings, "attention_slicing"),
+        allow_unsafe_pickle=_switch(settings, "allow_unsafe_pickle"),
+        compile=_switch(settings, "compile"),
+        channels_last=_switch(settings, "channels_last", None),
+        fuse_qkv=_switch(settings, "fuse_qkv", None),
     )
 
 
-def _tristate(value) -> bool | None:
-    # None keeps "auto" (the engine decides by device); anything else is the user's explicit choice.
-    return None if value is None else bool(value)
+def _switch(settings: dict, key: str, unset: bool | None = False) -> bool | None:
+    # bool("no") is True: a switch from a file must really be true or false. Unset is off, or None
+    # (for channels_last and fuse_qkv) so that the engine decides by device.
+    value = settings.get(key)
+    if value is None:
+        return unset
+    check_value_type(key.replace("_", "-"), value, "bool")
+    return value
 
 
 def batch_size_from(settings: dict) -> int:
@@ -187,6 +321,8 @@ def batch_size_from(settings: dict) -> int:
 
 def gen_request_from(settings: dict, model: ModelOptions | None = None) -> GenRequest:
     """Build a GenRequest from merged settings (short names), validating every value."""
+    if settings.get("prompt") is None:
+        raise InputError("no prompt: give one or more prompts, or --prompts FILE (- for stdin)")
     kwargs = {
         field_name: settings[key]
         for key, field_name in SETTING_TO_FIELD.items()
@@ -247,6 +383,11 @@ class TuneConfig:
     export: tuple[str, ...] = ()
 
     def __post_init__(self):
+        check_field_types(self)
+        for name in ("instance_data_dir", "model", "model_config", "output_dir", "class_data_dir"):
+            check_path_text(label(name), getattr(self, name))
+        if not isinstance(self.export, tuple) or not all(isinstance(fmt, str) for fmt in self.export):
+            raise InputError(f"export must be a list of format names (kohya), got {shown(self.export)}")
         if not self.instance_data_dir:
             raise InputError("no instance images: pass --images DIR (a folder of 3-20 photos of the subject)")
         if not self.class_word.strip():
@@ -266,6 +407,8 @@ class TuneConfig:
                 raise InputError(f"{name} {value} is too small: use 1 or more")
         if self.rank < 1:
             raise InputError(f"rank {self.rank} is too small: use 1 or more (4-32 is usual)")
+        if self.rank > MAX_RANK:
+            raise InputError(f"rank {self.rank} is more than any layer is wide: use {MAX_RANK} or less (4-32 is usual)")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise InputError(f"alpha {self.lora_alpha:g} must be positive (the rank is usual)")
         if not self.learning_rate > 0:
@@ -278,9 +421,18 @@ class TuneConfig:
             raise InputError(f"validation-every {self.validation_steps} is negative: use 0 (only at the end) or more")
         if self.num_validation_images < 0:
             raise InputError(f"validation-images {self.num_validation_images} is negative: use 0 or more")
-        if self.class_steps < 1:
-            raise InputError(f"class-steps {self.class_steps} is too few: use 1 or more")
+        check_steps_range(self.class_steps, "steps for class images")
+        if self.class_guidance < 0:
+            raise InputError(f"guidance {self.class_guidance:g} for class images is negative: use 0 or more")
         check_size("resolution", self.resolution)
+        if self.resolution is not None:
+            from dreamcli.limits import check_pixels
+
+            # One step holds the instance and class pictures of a batch at once.
+            per_step = self.train_batch_size * (2 if self.with_prior_preservation else 1)
+            check_pixels(self.resolution, self.resolution, f"resolution {self.resolution}")
+            check_batch_pixels(per_step, self.resolution, self.resolution, "one training step",
+                               "lower --batch-size or --resolution")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise InputError(
                 f"unknown mixed precision {self.mixed_precision!r}: use one of {', '.join(MIXED_PRECISIONS)}"
@@ -321,23 +473,20 @@ class TuneConfig:
 
 # ---- image to image (inpaint, outpaint, colorize, upscale) ----
 
-# The largest output the image tasks write unless --max-pixels says otherwise: 4096 x 4096.
-MAX_PIXELS = 4096 * 4096
 UPSCALE_FACTORS = (2, 4)
 
 
 def _check_shared(request) -> None:
     """Checks every image request shares with GenRequest (same flags, same messages)."""
-    if not isinstance(request.prompt, str):
-        raise InputError(f"prompt must be text, got {request.prompt!r}")
-    if request.image is None or request.image == "":
+    check_field_types(request)
+    check_model(request.model)
+    if request.image is None or (isinstance(request.image, str) and not request.image):
         raise InputError("no image: give the picture to work on as the first argument")
-    if request.num_inference_steps < 1:
-        raise InputError(f"steps {request.num_inference_steps} is too few: use 1 or more")
+    check_path_text("image", request.image)
+    check_steps_range(request.num_inference_steps)
     if request.guidance_scale < 0:
         raise InputError(f"guidance {request.guidance_scale:g} is negative: use 0 or more (7.5 is usual)")
-    if request.num_images < 1:
-        raise InputError(f"num-images {request.num_images} is too few: use 1 or more")
+    check_num_images(request.num_images)
     if not 0 < request.strength <= 1:
         raise InputError(f"strength {request.strength:g} is out of range: use more than 0 and at most 1")
     if int(request.num_inference_steps * request.strength) < 1:
@@ -350,8 +499,18 @@ def _check_shared(request) -> None:
         raise InputError(f"seed {request.seed} is out of range: use 0 to {MAX_SEED - request.num_images}")
 
 
+def check_work_size(request) -> None:
+    """Width and height the model works at: multiples of 8 and, when both are given, within the pixel limit."""
+    check_size("width", request.width)
+    check_size("height", request.height)
+    if request.width is not None and request.height is not None:
+        from dreamcli.limits import check_pixels
+
+        check_pixels(request.width, request.height, "the working size")
+
+
 def _check_max_pixels(request) -> None:
-    if request.max_pixels < 64:
+    if request.max_pixels is not None and request.max_pixels < 64:
         raise InputError(f"max-pixels {request.max_pixels} is too small: use at least 64 (8x8)")
 
 
@@ -391,12 +550,16 @@ class InpaintRequest(ImageRequestBase):
 
     def __post_init__(self):
         _check_shared(self)
-        if self.mask is None or self.mask == "":
+        if self.mask is None or (isinstance(self.mask, str) and not self.mask):
             raise InputError("no mask: pass --mask MASK (white or opaque marks the area to repaint)")
+        check_path_text("mask", self.mask)
         if self.mask_blur < 0:
             raise InputError(f"mask-blur {self.mask_blur:g} is negative: use 0 (hard edge) or more")
-        check_size("width", self.width)
-        check_size("height", self.height)
+        if self.mask_blur > MAX_MASK_BLUR:
+            raise InputError(
+                f"mask-blur {self.mask_blur:g} is wider than any picture: use at most {MAX_MASK_BLUR:g} (4 is usual)"
+            )
+        check_work_size(self)
 
 
 @dataclass(frozen=True)
@@ -412,7 +575,7 @@ class OutpaintRequest(ImageRequestBase):
     bottom: int = 0
     # Below 1 so that the stretched-edge pre-fill still guides the new area's colours.
     strength: float = 0.85
-    max_pixels: int = MAX_PIXELS
+    max_pixels: int | None = None  # None: limits.max_pixels()
 
     def __post_init__(self):
         _check_shared(self)
@@ -438,8 +601,7 @@ class ColorizeRequest(ImageRequestBase):
 
     def __post_init__(self):
         _check_shared(self)
-        check_size("width", self.width)
-        check_size("height", self.height)
+        check_work_size(self)
 
     @property
     def full_prompt(self) -> str:
@@ -459,7 +621,7 @@ class UpscaleRequest(ImageRequestBase):
     tile: int | None = None  # tiled path: tile side in pixels; None: the model's native size
     overlap: int | None = None  # tiled path: pixels neighbouring tiles share; None: a quarter tile
     noise_level: int = 20  # x4 upscaler only: noise added to the low-res input (diffusers' default)
-    max_pixels: int = MAX_PIXELS
+    max_pixels: int | None = None  # None: limits.max_pixels()
 
     def __post_init__(self):
         _check_shared(self)
@@ -467,6 +629,10 @@ class UpscaleRequest(ImageRequestBase):
         if self.scale not in UPSCALE_FACTORS:
             raise InputError(f"scale {self.scale} is not supported: use --scale 2 or --scale 4")
         check_size("tile", self.tile)
+        if self.tile is not None:
+            from dreamcli.limits import check_pixels
+
+            check_pixels(self.tile, self.tile, f"tile {self.tile}")
         if self.overlap is not None and self.overlap < 0:
             raise InputError(f"overlap {self.overlap} is negative: use 0 or more (a quarter tile is usual)")
         if self.overlap is not None and self.tile is not None and self.overlap >= self.tile:

@@ -51,3 +51,27 @@ def a1111_sampler_name(friendly: str | None, class_name: str) -> str:
         if spec.class_name == class_name and not spec.overrides:
             return spec.a1111_name
     return class_name.removesuffix("Scheduler")
+
+
+def max_steps(config) -> int | None:
+    """The most denoising steps a scheduler with this config can take (None: its config says no limit).
+
+    Past `num_train_timesteps` the schedule would repeat or skip timesteps (DDIM, DDPM and LCM raise,
+    Euler and friends silently draw with duplicated timesteps); LCM and TCD also pick their steps from
+    an `original_inference_steps`-long schedule.
+    """
+    limits = [config.get(key) for key in ("num_train_timesteps", "original_inference_steps")]
+    limits = [int(v) for v in limits if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    return min(limits) if limits else None
+
+
+def check_steps(config, steps: int) -> None:
+    """Refuse more steps than the scheduler (given by its config) was trained for, before any image is drawn."""
+    from dreamcli.errors import InputError
+
+    limit = max_steps(config)
+    if limit is not None and steps > limit:
+        name = str(config.get("_class_name") or "the scheduler").removesuffix("Scheduler")
+        raise InputError(
+            f"steps {steps} is more than this model's {name} scheduler can take ({limit}): use --steps {limit} or fewer"
+        )

@@ -15,7 +15,15 @@ from dreamcli.cli.common import console, emit, hint, user_errors
 from dreamcli.cli.image_common import shared_flags
 from dreamcli.config import merge_settings
 from dreamcli.errors import InputError
-from dreamcli.requests import FORMATS, GenRequest, batch_size_from, gen_request_from, model_options_from
+from dreamcli.requests import (
+    FORMATS,
+    GenRequest,
+    batch_size_from,
+    check_path_text,
+    gen_request_from,
+    model_options_from,
+    shown,
+)
 from dreamcli.schedulers import scheduler_names
 
 DEMO_HINT = (
@@ -35,50 +43,106 @@ class GenPlan:
     batch_size: int = 1
 
 
-def settings_from_image(path: str) -> dict:
-    """Settings that re-make an image, from its dreamcli record (or A1111 parameters)."""
-    from dreamcli.io.metadata import parse_a1111_parameters, read_metadata
+def settings_from_image(path: str, flags: dict | None = None) -> dict:
+    """Settings that re-make an image, from its dreamcli record (or A1111 parameters), validated.
 
-    meta = read_metadata(path)
+    Metadata is text anyone can edit: every value is checked as a request would check it, and an
+    error names the image and the field. A value the command line overrides (`flags`) is not checked.
+    """
+    from dreamcli.io.metadata import read_metadata
+
+    settings = image_settings(path, read_metadata(path))
+    check_image_settings(path, settings, flags)
+    return settings
+
+
+def check_image_metadata(path: str, meta: dict) -> None:
+    """Refuse an image whose metadata (read_metadata's dict) would not make a valid request (`dream info`)."""
+    check_image_settings(path, image_settings(path, meta))
+    versions = (meta["dreamcli"] or {}).get("versions", {})
+    if not isinstance(versions, dict):  # `dream info` prints it as name-version pairs
+        raise InputError(f"{path}: its dreamcli record's versions must be an object, got {shown(versions)}")
+
+
+def image_settings(path: str, meta: dict) -> dict:
+    """The settings (short names) an image's metadata records, types not yet checked."""
+    from dreamcli.io.metadata import parse_a1111_parameters
+
     record = meta["dreamcli"]
     if record:
-        req, model = record["request"], record["request"]["model"]
+        req = _table(path, record, "request")
+        model = _table(path, req, "model", "request.model")
+        for where, table, key in ((req, "request", "prompt"), (model, "request.model", "model")):
+            if where.get(key) is None:
+                raise InputError(f"{path}: its dreamcli record has no {table}.{key}: it cannot be re-made")
         ref = model["model"]
         # A relative path recorded elsewhere may not resolve from here; the absolute one still does.
-        if not ref.startswith("package:") and not Path(ref).exists() and Path(record.get("model_path", "")).exists():
-            ref = record["model_path"]
-        return {
-            "prompt": req["prompt"], "negative": req["negative_prompt"], "steps": req["num_inference_steps"],
-            "guidance": req["guidance_scale"], "guidance_rescale": req.get("guidance_rescale", 0.0),
-            "width": req["width"], "height": req["height"],
-            "seed": record["seed"], "num_images": 1, "model": ref, "model_config": model["model_config"],
-            "scheduler": model["scheduler"], "lora": model["loras"], "dtype": model["dtype"],
+        recorded = record.get("model_path")
+        if isinstance(ref, str) and not ref.startswith("package:") and not _exists(ref) and _exists(recorded):
+            ref = recorded
+        out = {
+            "prompt": req["prompt"], "negative": req.get("negative_prompt"), "steps": req.get("num_inference_steps"),
+            "guidance": req.get("guidance_scale"), "guidance_rescale": req.get("guidance_rescale", 0.0),
+            "width": req.get("width"), "height": req.get("height"),
+            "seed": record.get("seed"), "num_images": 1, "model": ref, "model_config": model.get("model_config"),
+            "scheduler": model.get("scheduler"), "lora": model.get("loras"), "dtype": model.get("dtype"),
         }
+        return {k: v for k, v in out.items() if v is not None}  # what is missing takes the usual default
     if meta["parameters"]:
         params = parse_a1111_parameters(meta["parameters"])
         out = {"prompt": params["prompt"], "negative": params["negative_prompt"], "num_images": 1}
-        try:
-            if "Steps" in params:
-                out["steps"] = int(params["Steps"])
-            if "CFG scale" in params:
-                out["guidance"] = float(params["CFG scale"])
-            if "CFG rescale" in params:
-                out["guidance_rescale"] = float(params["CFG rescale"])
-            if "Seed" in params:
-                out["seed"] = int(params["Seed"])
-            if "Size" in params:
-                out["width"], out["height"] = (int(v) for v in params["Size"].split("x"))
-        except ValueError:
-            raise InputError(f"{path}: its A1111 parameters are malformed") from None
+        for key, setting, kind in (("Steps", "steps", int), ("CFG scale", "guidance", float),
+                                   ("CFG rescale", "guidance_rescale", float), ("Seed", "seed", int)):
+            if key in params:
+                out[setting] = _a1111_number(path, key, params[key], kind)
+        if "Size" in params:
+            sides = params["Size"].split("x")
+            if len(sides) != 2:
+                raise InputError(f"{path}: its A1111 Size {shown(params['Size'])} is not WIDTHxHEIGHT")
+            out["width"], out["height"] = (_a1111_number(path, "Size", side, int) for side in sides)
         return out
     raise InputError(f"{path} has no generation parameters (no dreamcli or A1111 metadata)")
+
+
+def check_image_settings(path: str, settings: dict, flags: dict | None = None) -> None:
+    """Validate an image's settings as a request, naming the image; values set by `flags` are skipped."""
+    own = {k: v for k, v in settings.items() if (flags or {}).get(k) is None}
+    try:
+        # A1111 text names no model we could load; a placeholder lets the rest be checked.
+        model = model_options_from({"model": "-", **own})
+        gen_request_from({"prompt": "", **own}, model)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+
+
+def _table(path: str, parent: dict, key: str, name: str | None = None) -> dict:
+    value = parent.get(key)
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: its dreamcli record's {name or key} must be an object, got {shown(value)}")
+    return value
+
+
+def _a1111_number(path: str, key: str, text: str, kind: type):
+    try:
+        return kind(text)
+    except ValueError:  # also an integer of more than 4300 digits
+        what = "a whole number" if kind is int else "a number"
+        raise InputError(f"{path}: its A1111 {key} {shown(text)} is not {what}") from None
+
+
+def _exists(path) -> bool:
+    # Text from metadata may be no possible path at all (a NUL byte, a name too long for the OS).
+    try:
+        return isinstance(path, str) and Path(path).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def plan_gen(prompts: list[str], prompts_file: str | None, from_image: str | None, flags: dict) -> GenPlan:
     """Merge settings and validate every request up front, so bad input writes nothing."""
     from dreamcli.prompt_file import parse_prompt_lines, read_prompt_source
 
-    base = settings_from_image(from_image) if from_image else None
+    base = settings_from_image(from_image, flags) if from_image else None
     settings, preset = merge_settings(flags, base)
     items = [{"prompt": p} for p in prompts]
     if prompts_file:
@@ -100,6 +164,7 @@ def plan_gen(prompts: list[str], prompts_file: str | None, from_image: str | Non
     fmt = str(settings["format"]).lower().replace("jpeg", "jpg")
     if fmt not in FORMATS:
         raise InputError(f"unknown format {settings['format']!r}: use png, jpg or webp")
+    check_path_text("outdir", settings["outdir"])  # a preset's text may hold what no path can
     outdir = Path(str(settings["outdir"])).expanduser()
     from dreamcli.io.outputs import check_outdir
 

@@ -12,10 +12,10 @@ import typer
 from dreamcli.cli import common
 from dreamcli.cli.common import console, emit, hint
 from dreamcli.errors import InputError
-from dreamcli.requests import FORMATS, MAX_PIXELS, SETTING_TO_FIELD, model_options_from
+from dreamcli.requests import FORMATS, SETTING_TO_FIELD, model_options_from
 
-MaxPixels = Annotated[int, typer.Option(
-    "--max-pixels", help="Refuse outputs with more pixels than this (default 4096x4096).",
+MaxPixels = Annotated[int | None, typer.Option(
+    "--max-pixels", help="Refuse outputs with more pixels than this (default: $DREAMCLI_MAX_PIXELS, else 4096x4096).",
     rich_help_panel="Output")]
 Strength = Annotated[float | None, typer.Option(
     "--strength", help="How much the model may change: 0 keeps the input, 1 redraws from noise.")]
@@ -153,5 +153,5 @@ def slug_text(prompt: str, task: str, image: str) -> str:
     return prompt.strip() or f"{task} {Path(image).stem}"
 
 
-__all__ = ["MAX_PIXELS", "MaxPixels", "Strength", "ImageArg", "shared_flags", "task_settings", "build_request",
+__all__ = ["MaxPixels", "Strength", "ImageArg", "shared_flags", "task_settings", "build_request",
            "output_target", "run_task", "slug_text"]

@@ -16,6 +16,7 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
 ) -> None:
     """Print an image's prompt, settings, model and seed."""
+    from dreamcli.cli.gen import check_image_metadata
     from dreamcli.io.metadata import parse_a1111_parameters, read_metadata
 
     with user_errors():
@@ -23,6 +24,7 @@ def info(
             meta = read_metadata(path)
             if not meta["parameters"] and not meta["dreamcli"]:
                 raise InputError(f"{path} has no generation parameters (no dreamcli or A1111 metadata)")
+            check_image_metadata(path, meta)  # edited metadata is refused as `gen --from` would refuse it
             if json_out:
                 parsed = parse_a1111_parameters(meta["parameters"]) if meta["parameters"] else None
                 emit(json.dumps({"path": path, "parameters": meta["parameters"], "a1111": parsed,

@@ -9,7 +9,6 @@ import typer
 from dreamcli.cli import common
 from dreamcli.cli.common import user_errors
 from dreamcli.cli.image_common import (
-    MAX_PIXELS,
     ImageArg,
     MaxPixels,
     Strength,
@@ -36,7 +35,7 @@ def outpaint(
     all_sides: Annotated[int | None, typer.Option(
         "--all", help="Pixels to add on every side (a side's own flag wins).")] = None,
     strength: Strength = None,
-    max_pixels: MaxPixels = MAX_PIXELS,
+    max_pixels: MaxPixels = None,
     model: common.Model = None,
     preset: common.Preset = None,
     model_config: common.ModelConfig = None,

@@ -57,8 +57,9 @@ def tune_config_from(flags: dict, model_flags: dict) -> TuneConfig:
         allow_unsafe_pickle=bool(settings.get("allow_unsafe_pickle")),
         device=settings.get("device") or "auto",
         # Class and validation images use the model's usual sampling settings.
-        class_steps=int(settings.get("steps") or 30),
-        class_guidance=float(settings.get("guidance") or 7.5),
+        # TuneConfig checks their types and ranges like any other field.
+        class_steps=settings.get("steps") or 30,
+        class_guidance=settings.get("guidance") or 7.5,
         **{"instance_data_dir": "", "class_word": "", "output_dir": "", **kwargs},
     )
 

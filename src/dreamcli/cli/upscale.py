@@ -9,7 +9,6 @@ import typer
 from dreamcli.cli import common
 from dreamcli.cli.common import user_errors
 from dreamcli.cli.image_common import (
-    MAX_PIXELS,
     ImageArg,
     MaxPixels,
     Strength,
@@ -33,7 +32,7 @@ def upscale(
     noise_level: Annotated[int | None, typer.Option(
         "--noise-level", help="x4 upscaler only: noise added to the input (default 20).")] = None,
     strength: Strength = None,
-    max_pixels: MaxPixels = MAX_PIXELS,
+    max_pixels: MaxPixels = None,
     model: common.Model = None,
     preset: common.Preset = None,
     model_config: common.ModelConfig = None,

@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from dreamcli.io.images import open_image
+from dreamcli.io.images import open_image, read_exif
 
 EXIF_IFD = 0x8769
 USER_COMMENT = 0x9286  # where A1111 puts `parameters` in JPEG/WebP files
@@ -50,8 +50,7 @@ def parse_a1111_parameters(text: str) -> dict:
     settings = {}
     # The last line holds "Key: value, Key: "quoted, value"" pairs when it has a Steps field.
     if lines and re.match(r"^\s*Steps: ", lines[-1]):
-        for key, value in re.findall(r'\s*([\w ]+):\s*("(?:\\.|[^"])*"|[^,]*)(?:,|$)', lines.pop()):
-            settings[key.strip()] = value.strip().strip('"')
+        settings = _parse_fields(lines.pop())
     prompt, negative, target = [], [], None
     for line in lines:
         if line.startswith("Negative prompt:"):
@@ -59,6 +58,28 @@ def parse_a1111_parameters(text: str) -> dict:
             line = line[len("Negative prompt:"):].strip()
         (target if target is not None else prompt).append(line)
     return {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative), **settings}
+
+
+# One `Key: value` pair at a given position. Read pair by pair with match(), skipping to the next comma
+# where none fits, so the time is linear in the text: a findall over an edited megabyte-long line
+# backtracked for hours. A key starts with a word character so leading spaces have one way to match.
+_FIELD = re.compile(r'\s*(\w[\w ]*):\s*("(?:[^"\\]|\\.)*"|[^,]*)\s*(?:,|$)')
+
+
+def _parse_fields(line: str) -> dict:
+    settings, pos = {}, 0
+    while pos < len(line):
+        found = _FIELD.match(line, pos)
+        if found is None or found.end() == pos:
+            comma = line.find(",", pos)
+            if comma < 0:
+                break
+            pos = comma + 1
+            continue
+        key, value = found.groups()
+        settings[key.strip()] = value.strip().strip('"')
+        pos = found.end()
+    return settings
 
 
 def save_options(record: dict, fmt: str) -> dict:
@@ -94,17 +115,27 @@ def _decode_user_comment(raw) -> str | None:
 
 def read_metadata(path: str | Path) -> dict:
     """The `parameters` text and `dreamcli` record of an image (None where absent)."""
-    image = open_image(path)
+    image = open_image(path, upright=False)  # its size is checked before decoding: `info` on a bomb is refused
     text = image.info.get("parameters")
     blob = image.info.get("dreamcli")
     if text is None or blob is None:
-        exif = image.getexif()
+        exif, exif_ifd = read_exif(image)  # a damaged EXIF block reads as empty, not as a traceback
         blob = blob or exif.get(IMAGE_DESCRIPTION)
-        text = text or _decode_user_comment(exif.get_ifd(EXIF_IFD).get(USER_COMMENT))
-    record = None
-    if blob:
-        try:
-            record = json.loads(blob)
-        except json.JSONDecodeError:
-            record = None
-    return {"parameters": text, "dreamcli": record}
+        text = text or _decode_user_comment(exif_ifd.get(USER_COMMENT))
+    return {"parameters": text if isinstance(text, str) else None, "dreamcli": parse_record(blob)}
+
+
+def parse_record(blob) -> dict | None:
+    """The dreamcli JSON record as a dict; None when it is missing or not a readable JSON object.
+
+    Any tool can edit an image's text chunks: bytes that are not UTF-8, nesting too deep for the JSON
+    reader, or a list where an object belongs all read as no record (`dream info` and `--from` then
+    fall back to the A1111 text, or say there is nothing).
+    """
+    if not isinstance(blob, str | bytes | bytearray) or not blob:
+        return None
+    try:
+        record = json.loads(blob)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    return record if isinstance(record, dict) else None

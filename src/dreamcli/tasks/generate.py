@@ -91,11 +91,40 @@ class ImageJob:
 
 def image_jobs(requests: Iterable[GenRequest]) -> list[ImageJob]:
     """Every image the requests ask for, in order; a request without a seed draws its base seed here."""
-    jobs = []
+    return list(_iter_jobs(requests))
+
+
+def _iter_jobs(requests: Iterable[GenRequest]) -> Iterator[ImageJob]:
+    # Lazily: `-n 100000` plans one job at a time instead of holding them all.
     for request in requests:
         base = request.seed if request.seed is not None else random_seed()
-        jobs += [ImageJob(request, index, base + index) for index in range(request.num_images)]
-    return jobs
+        for index in range(request.num_images):
+            yield ImageJob(request, index, base + index)
+
+
+def check_requests(requests: Iterable[GenRequest], batch_size: int, images: int, sizes: dict) -> None:
+    """What only the loaded model can tell, checked for every request before any image is drawn: the steps
+    its scheduler can take, and its size (the model's native one where unset) within the pixel limit, for
+    one image and for a batch of them.
+    """
+    from dreamcli.engine import load_model, make_scheduler
+    from dreamcli.limits import check_pixels
+    from dreamcli.requests import check_batch_pixels
+    from dreamcli.schedulers import check_steps
+
+    batch = max(1, min(batch_size, images))
+    seen = set()
+    for request in requests:
+        key = (request.model, request.width, request.height, request.num_inference_steps)
+        if key in seen:
+            continue
+        seen.add(key)
+        scheduler = make_scheduler(load_model(request.model), request.model.scheduler)
+        check_steps(scheduler.config, request.num_inference_steps)
+        width, height = _size(request, sizes)
+        check_pixels(width, height, "the image")
+        if batch > 1:
+            check_batch_pixels(batch, width, height, "one batch", "lower --batch-size")
 
 
 def iter_generate(request: GenRequest, on_step: StepCallback | None = None, batch_size: int = 1) -> Iterator[GenResult]:
@@ -105,7 +134,7 @@ def iter_generate(request: GenRequest, on_step: StepCallback | None = None, batc
     the same picture on any device, and one image of a batch can be re-made alone. Up to
     `batch_size` images share one pipeline call (one UNet batch); each keeps its own generator.
     """
-    return iter_generate_jobs(image_jobs([request]), on_step, batch_size)
+    return iter_generate_many([request], on_step, batch_size)
 
 
 def iter_generate_many(
@@ -117,19 +146,28 @@ def iter_generate_many(
     guidance and negative prompt (the prompts may differ). Each image equals the one made alone up
     to float rounding.
     """
-    return iter_generate_jobs(image_jobs(requests), on_step, batch_size)
+    requests = list(requests)
+    images = sum(request.num_images for request in requests)
+    return _generate(requests, _iter_jobs(requests), images, on_step, batch_size)
 
 
 def iter_generate_jobs(
     jobs: Iterable[ImageJob], on_step: StepCallback | None = None, batch_size: int = 1
 ) -> Iterator[GenResult]:
     """Make the given images (e.g. one process's share of a prompt file), batched as iter_generate_many says."""
+    jobs = list(jobs)
+    return _generate([job.request for job in jobs], jobs, len(jobs), on_step, batch_size)
+
+
+def _generate(requests: list[GenRequest], jobs: Iterable[ImageJob], images: int, on_step: StepCallback | None,
+              batch_size: int) -> Iterator[GenResult]:
     from dreamcli.engine import decode_latents, pipeline_for
     from dreamcli.tasks.image_common import StepCounter, cpu_generator
 
     if batch_size < 1:
         raise InputError(f"batch-size {batch_size} is too small: use 1 or more")
     sizes = {}
+    check_requests(requests, batch_size, images, sizes)  # a bad prompt-file line stops the run before its first image
     for batch in _batches(jobs, batch_size, sizes):
         first = batch[0].request
         pipe, loaded = pipeline_for("text2img", first.model)
