@@ -32,11 +32,15 @@ def max_pixels() -> int:
     return value
 
 
+def _amount(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} megapixels" if pixels >= 100_000 else f"{pixels} pixels"
+
+
 def check_pixels(width: int, height: int, what: str) -> None:
     """Refuse work on a picture larger than max_pixels(), before anything is allocated for it."""
     limit = max_pixels()
     if width * height > limit:
         raise InputError(
-            f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit of "
-            f"{limit / 1e6:.1f}: use a smaller size, or raise ${ENV_VAR} if this machine has the memory"
+            f"{what} is {width}x{height} = {_amount(width * height)}, over the limit of {_amount(limit)}: "
+            f"use a smaller picture or size, or raise ${ENV_VAR} if this machine has the memory"
         )

@@ -15,13 +15,16 @@ def mask_levels(mask: Image.Image, invert: bool = False) -> Image.Image:
     """An 8-bit mask where 255 means repaint and 0 means keep, from an image of any mode.
 
     A mask with transparency (a stroke layer painted over nothing) is read by its opacity; an
-    opaque one by its brightness, so white marks the area to repaint.
+    opaque one by its brightness, so white marks the area to repaint. A 16-bit or float mask is
+    scaled to 8 bits (half-grey stays half), not clipped.
     """
-    if "A" in mask.getbands() or mask.info.get("transparency") is not None:
-        alpha = mask.convert("RGBA").getchannel("A")
-        level = alpha if alpha.getextrema()[0] < 255 else mask.convert("L")
+    from dreamcli.io.images import convert, has_alpha
+
+    if has_alpha(mask):
+        alpha = convert(mask, "RGBA").getchannel("A")
+        level = alpha if alpha.getextrema()[0] < 255 else convert(mask, "L")
     else:
-        level = mask.convert("L")
+        level = convert(mask, "L")
     if invert:
         level = Image.eval(level, lambda v: 255 - v)
     return level

@@ -7,13 +7,16 @@ from collections.abc import Iterator
 from PIL import Image
 
 from dreamcli.imageops.color import recolor
+from dreamcli.io.images import to_8bit
 from dreamcli.requests import ColorizeRequest
 from dreamcli.tasks.image_common import (
     ImageResult,
     StepCallback,
     StepCounter,
+    as_rgb,
     base_seed,
     call_kwargs,
+    check_work_size,
     draw,
     make_image_record,
     native_size,
@@ -74,13 +77,18 @@ def iter_colorize(request: ColorizeRequest, on_step: StepCallback | None = None)
     from dreamcli.engine import pipeline_for
 
     source = open_input(request.image)
-    luma = source.convert("L") if source.mode != "L" else source
+    if request.width or request.height:  # an explicit size needs no model to be checked: before any loads
+        check_work_size(work_size(source.size, 8, request.width, request.height))
+    # Scaled to 8 bits (a 16-bit grey photo stays grey, not white); transparency laid on white.
+    luma = to_8bit(source)
+    luma = luma if luma.mode == "L" else as_rgb(luma).convert("L")
     grey = luma.convert("RGB")
     if request.controlnet:
         pipe, loaded = controlnet_pipeline(request)
     else:
         pipe, loaded = pipeline_for("img2img", request.model)
     size = work_size(grey.size, native_size(pipe), request.width, request.height)
+    check_work_size(size)
     first = base_seed(request.seed)
     for index in range(request.num_images):
         seed = first + index

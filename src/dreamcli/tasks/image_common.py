@@ -23,35 +23,28 @@ class ImageResult:
     notes: list[str] = field(default_factory=list)  # e.g. "the mask was resized": the CLI shows them
 
 
-def open_input(source, what: str = "image") -> Image.Image:
-    """A path or PIL image, opened with errors that name the file and say what is wrong."""
-    from dreamcli.io.images import open_image
+def open_input(source, what: str = "image", limit: int | None = None) -> Image.Image:
+    """A path or PIL image, opened upright with errors that name the file and say what is wrong.
+
+    A picture over the pixel limit (`limit`, else $DREAMCLI_MAX_PIXELS) is refused from its header,
+    before its pixels are decoded.
+    """
+    from dreamcli.io.images import check_picture_size, open_image
 
     if isinstance(source, Image.Image):
+        check_picture_size(source.size, f"the {what}", limit)
         source.load()
         return source
     if isinstance(source, (str, Path)):
-        try:
-            return open_image(source)
-        except InputError as e:
-            if what == "image":
-                raise
-            text = str(e)
-            text = what + text[len("image"):] if text.startswith("image ") else f"{what}: {text}"
-            raise InputError(text) from None
+        return open_image(source, what, limit)
     raise InputError(f"{what} must be a file path or a PIL image, got {type(source).__name__}")
 
 
 def as_rgb(image: Image.Image) -> Image.Image:
-    """RGB for the model: grey, palette and CMYK converted; transparency laid on white, not black."""
-    if image.mode == "RGB":
-        return image
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, (255, 255, 255))
-        flat.paste(rgba, mask=rgba.getchannel("A"))
-        return flat
-    return image.convert("RGB")
+    """8-bit RGB for the model (16-bit and float pictures scaled, not clipped); see io.images.to_rgb."""
+    from dreamcli.io.images import to_rgb
+
+    return to_rgb(image)
 
 
 def source_name(source) -> str:
@@ -88,14 +81,31 @@ def work_size(size: tuple[int, int], native: int, width: int | None = None, heig
     return round8(w * scale), round8(h * scale)
 
 
+def pixel_limit(request) -> int:
+    """The most pixels a request may read, work on or write: its own max_pixels (the --max-pixels flag
+    wins, as flags win over config), else limits.max_pixels()."""
+    from dreamcli.limits import max_pixels
+
+    return getattr(request, "max_pixels", None) or max_pixels()
+
+
 def check_output_size(size: tuple[int, int], max_pixels: int) -> None:
     """Refuse an output over the pixel limit, naming the flag that raises it."""
+    from dreamcli.limits import ENV_VAR
+
     w, h = size
     if w * h > max_pixels:
         raise InputError(
             f"the output would be {w}x{h} ({w * h / 1e6:.1f} MP), over the limit of {max_pixels / 1e6:.1f} MP: "
-            f"pass --max-pixels {w * h} (or more) to allow it"
+            f"pass --max-pixels {w * h} (or more, or set ${ENV_VAR}) to allow it"
         )
+
+
+def check_work_size(size: tuple[int, int]) -> None:
+    """Refuse a working size (-W/-H) over the pixel limit before the model allocates for it."""
+    from dreamcli.limits import check_pixels
+
+    check_pixels(size[0], size[1], "the working size")  # the words requests.py uses for -W x -H
 
 
 def base_seed(seed: int | None) -> int:
@@ -129,7 +139,9 @@ def draw(pipe, loaded, **kwargs) -> Image.Image:
     """One diffusers call whose latents the engine decodes (a half-precision VAE that overflows is re-run
     in fp32, so no black pictures)."""
     from dreamcli.engine import decode_latents
+    from dreamcli.schedulers import check_steps
 
+    check_steps(pipe.scheduler.config, kwargs["num_inference_steps"])  # a line, not diffusers' traceback
     latents = pipe(output_type="latent", **kwargs).images
     return decode_latents(loaded, pipe, latents)[0]
 

@@ -15,6 +15,7 @@ from dreamcli.tasks.image_common import (
     as_rgb,
     base_seed,
     call_kwargs,
+    check_work_size,
     draw,
     make_image_record,
     native_size,
@@ -64,11 +65,14 @@ def iter_inpaint(request: InpaintRequest, on_step: StepCallback | None = None) -
     """
     from dreamcli.engine import pipeline_for
 
-    original = as_rgb(open_input(request.image))  # a grey picture is converted, not refused
+    original = as_rgb(open_input(request.image))  # a grey or 16-bit picture is converted, not refused
+    if request.width or request.height:  # an explicit size needs no model to be checked: before any loads
+        check_work_size(work_size(original.size, 8, request.width, request.height))
     soft, notes = prepare_mask(request, original.size)
     hard = model_mask(soft)
     pipe, loaded = pipeline_for("inpaint", request.model)
     size = work_size(original.size, native_size(pipe), request.width, request.height)
+    check_work_size(size)
     first = base_seed(request.seed)
     for index in range(request.num_images):
         seed = first + index

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 from PIL import Image
 
-from dreamcli.imageops.canvas import Margins, expand_canvas, outpaint_mask, plan_steps
+from dreamcli.imageops.canvas import Margins, expand_canvas, match_seams, outpaint_mask, plan_steps
+from dreamcli.limits import max_pixels
 from dreamcli.requests import OutpaintRequest
 from dreamcli.tasks.image_common import (
     ImageResult,
@@ -18,6 +19,7 @@ from dreamcli.tasks.image_common import (
     make_image_record,
     native_size,
     open_input,
+    pixel_limit,
     round8,
     sub_seed,
     work_size,
@@ -71,8 +73,9 @@ def outpaint_once(pipe, loaded, picture: Image.Image, step: Margins, native: int
     size = work_size(part.size, native)
     drawn = draw_masked(pipe, loaded, part, mask.crop(box), size, request, seed, counter)
     canvas.paste(drawn, box[:2])
-    canvas.paste(picture, (step.left, step.top))  # the band was only there to draw the seam
-    return canvas
+    # The band was only there to draw the seam: the picture goes back as it was, and the new area is
+    # shifted to meet it (pasting it back alone left a hard step where the drawing differed).
+    return match_seams(canvas, picture, step, 2 * seam_band(native))
 
 
 def iter_outpaint(request: OutpaintRequest, on_step: StepCallback | None = None) -> Iterator[ImageResult]:
@@ -84,11 +87,13 @@ def iter_outpaint(request: OutpaintRequest, on_step: StepCallback | None = None)
     """
     from dreamcli.engine import pipeline_for
 
-    original = as_rgb(open_input(request.image))
+    limit = pixel_limit(request)
+    # Reading is safe up to the general limit even when --max-pixels asks for smaller outputs.
+    original = as_rgb(open_input(request.image, limit=max(limit, max_pixels())))
     asked = Margins.checked(request.left, request.right, request.top, request.bottom)
     margins = asked.rounded()
     final_size = margins.grown(original.size)
-    check_output_size(final_size, request.max_pixels)
+    check_output_size(final_size, limit)  # the whole canvas, before it is allocated
     notes = []
     if margins != asked:
         notes.append(

@@ -15,6 +15,7 @@ from PIL import Image
 
 from dreamcli.imageops.resample import back_project
 from dreamcli.imageops.tiles import process_tiles, tile_boxes
+from dreamcli.limits import max_pixels
 from dreamcli.requests import UpscaleRequest
 from dreamcli.tasks.image_common import (
     ImageResult,
@@ -29,6 +30,7 @@ from dreamcli.tasks.image_common import (
     make_image_record,
     native_size,
     open_input,
+    pixel_limit,
     round8,
     source_name,
     sub_seed,
@@ -113,6 +115,9 @@ def load_x4_upscaler(request: UpscaleRequest) -> _X4Model:
 def upscale_x4(loaded: _X4Model, image: Image.Image, target: tuple[int, int], request: UpscaleRequest, seed: int,
                counter) -> Image.Image:
     """diffusers' x4 upscaler; a 2x request is drawn at 4x and reduced (sharper than drawing at 2x)."""
+    from dreamcli.schedulers import check_steps
+
+    check_steps(loaded.pipe.scheduler.config, request.num_inference_steps)
     out = loaded.pipe(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt or None,
@@ -163,9 +168,11 @@ def iter_upscale(request: UpscaleRequest, on_step: StepCallback | None = None) -
     """Yield enlarged pictures one by one (image i uses seed + i), exactly `scale` times the input's size."""
     from dreamcli.engine import pipeline_for
 
-    original = as_rgb(open_input(request.image))
+    limit = pixel_limit(request)
+    # Reading is safe up to the general limit even when --max-pixels asks for smaller outputs.
+    original = as_rgb(open_input(request.image, limit=max(limit, max_pixels())))
     target = (original.width * request.scale, original.height * request.scale)
-    check_output_size(target, request.max_pixels)
+    check_output_size(target, limit)  # before the enlarged canvas is allocated
     first = base_seed(request.seed)
     if is_x4_upscaler(request.model.model):
         loaded = load_x4_upscaler(request)

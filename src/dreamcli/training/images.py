@@ -1,4 +1,4 @@
-"""Training images: EXIF rotation, RGB conversion, resize and crop to the training resolution."""
+"""Training images: EXIF rotation, 8-bit RGB conversion, resize and crop to the training resolution."""
 
 from __future__ import annotations
 
@@ -7,19 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+
+from dreamcli.io.images import load_rgb
 
 
 def load_training_image(path: Path) -> Image.Image:
-    """Open an image upright (EXIF orientation applied) as RGB; transparency becomes white."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            # Transparent pixels hold arbitrary colours; white is what a viewer shows behind them.
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return image.convert("RGB")
+    """Open an image upright (EXIF orientation applied) as 8-bit RGB: 16-bit and float pictures scaled,
+    transparency laid on white; one over the pixel limit is refused before it is decoded."""
+    return load_rgb(path)
 
 
 def fit(image: Image.Image, resolution: int, rng: random.Random | None = None) -> Image.Image:

@@ -6,9 +6,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from dreamcli.errors import InputError
+from dreamcli.io.images import PictureTooLarge, open_image
 from dreamcli.io.outputs import check_outdir as check_outdir_writable
 from dreamcli.requests import TuneConfig
 from dreamcli.training import rundir
@@ -36,18 +35,22 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def read_sizes(files: list[Path]) -> tuple[dict[Path, tuple[int, int]], list[Path]]:
-    """Sizes of the files Pillow can read (after EXIF rotation), and the files it cannot."""
+    """Sizes of the files Pillow can read (upright, after EXIF rotation), and the files it cannot.
+
+    Each file is decoded once, so a damaged one is found here, not mid-training; a picture over the pixel
+    limit (a decompression bomb) is refused from its header with an InputError, not skipped.
+    """
     sizes, unreadable = {}, []
     for path in files:
         try:
-            with Image.open(path) as image:
-                image.load()
-                size = image.size
-                orientation = image.getexif().get(0x0112, 1)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+            image = open_image(path)
+        except PictureTooLarge:
+            raise
+        except InputError:
             unreadable.append(path)
             continue
-        sizes[path] = size[::-1] if orientation in (5, 6, 7, 8) else size  # 90-degree turns swap sides
+        sizes[path] = image.size
+        image.close()
     return sizes, unreadable
 
 
