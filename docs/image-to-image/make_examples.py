@@ -1,57 +1,79 @@
 """Make the README's image-to-image example pictures with the built-in demo model.
 
-    python docs/image-to-image/make_examples.py      # writes the PNGs next to this file
+    python docs/image-to-image/make_examples.py      # from the repository root; about a minute on a CPU
 
-Each example is the library call the README shows, on a picture from the demo's shapes world, at
-a fixed seed; the strip `examples.png` puts every input beside its output.
+It draws the input pictures the README's commands name (photo.png, mask.png, old-photo.jpg, from
+the demo's shapes world), runs those commands as typed plus `-s 0`, and puts every input beside its
+output in `examples.png`.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from dreamcli.demo.world import COLORS, Scene, draw
-from dreamcli.requests import ColorizeRequest, InpaintRequest, ModelOptions, OutpaintRequest, UpscaleRequest
-from dreamcli.tasks import colorize, inpaint, outpaint, upscale
+from dreamcli.demo.world import Scene, draw
 
 HERE = Path(__file__).parent
-MODEL = ModelOptions("package:demo/model", device="cpu")
-GUIDANCE = 2.0  # the demo preset's
+ROOT = HERE.parent.parent
+FOLDER = HERE.relative_to(ROOT).as_posix()  # docs/image-to-image, as the README's commands name it
+MASK_BOX = (36, 36, 92, 92)  # around the photo's triangle
+
+# (label, the README's command after `dream`, the input shown in the figure)
+COMMANDS = [
+    ("inpaint", ["inpaint", f"{FOLDER}/photo.png", "--mask", f"{FOLDER}/mask.png",
+                 "a red circle in the center"], "photo.png"),
+    ("outpaint", ["outpaint", f"{FOLDER}/photo.png", "--left", "64", "--right", "64",
+                  "a yellow triangle on a green background"], "photo.png"),
+    ("colorize", ["colorize", f"{FOLDER}/old-photo.jpg", "a yellow square on a purple background"], "old-photo.jpg"),
+    ("upscale", ["upscale", f"{FOLDER}/photo.png", "--scale", "4"], "photo.png"),
+]
 
 
-def examples() -> list[tuple[str, Image.Image, Image.Image]]:
-    """(label, input, output) for each command."""
-    blue = Image.new("RGB", (128, 128), COLORS["blue"])
+def make_inputs() -> None:
+    """The pictures the README's commands read."""
+    draw(Scene("triangle", "yellow", "green", "center", "small")).save(HERE / "photo.png", optimize=True)
     mask = Image.new("L", (128, 128), 0)
-    mask.paste(255, (36, 36, 92, 92))
-    shown_mask = blue.copy()
-    ImageDraw.Draw(shown_mask).rectangle((36, 36, 91, 91), outline=(255, 255, 255), width=2)
-    painted = inpaint(InpaintRequest(blue, mask, "a large red circle in the center on a blue background", MODEL,
-                                     num_inference_steps=20, guidance_scale=GUIDANCE, seed=0))[0].image
+    ImageDraw.Draw(mask).rectangle(MASK_BOX, fill=255)  # white: repaint
+    mask.save(HERE / "mask.png", optimize=True)
+    old = draw(Scene("square", "yellow", "purple", "center", "large")).convert("L")
+    old.save(HERE / "old-photo.jpg", quality=90)
 
-    scene = draw(Scene("triangle", "yellow", "green", "center", "small"))
-    wider = outpaint(OutpaintRequest(scene, "a yellow triangle on a green background", MODEL, left=64, right=64,
-                                     num_inference_steps=20, guidance_scale=GUIDANCE, seed=0))[0].image
 
-    grey = draw(Scene("square", "yellow", "purple", "center", "large")).convert("L").convert("RGB")
-    coloured = colorize(ColorizeRequest(grey, MODEL, "a yellow square on a purple background", color_prompt="",
-                                        num_inference_steps=20, guidance_scale=GUIDANCE, seed=0))[0].image
+def shown_with_mask(photo: Image.Image) -> Image.Image:
+    """The inpaint input with the mask's outline drawn on it, for the figure."""
+    shown = photo.convert("RGB")
+    ImageDraw.Draw(shown).rectangle(MASK_BOX, outline=(255, 255, 255), width=2)
+    return shown
 
-    small = draw(Scene("circle", "orange", "white", "left", "large"), size=64)
-    bigger = upscale(UpscaleRequest(small, MODEL, "an orange circle on a white background", scale=4,
-                                    num_inference_steps=20, guidance_scale=GUIDANCE, seed=0))[0].image
-    return [("inpaint", shown_mask, painted), ("outpaint", scene, wider), ("colorize", grey, coloured),
-            ("upscale", small, bigger)]
+
+def run(args: list[str], outdir: Path) -> Image.Image:
+    """`dream ARGS -s 0` from the repository root; the picture it wrote."""
+    cmd = [sys.executable, "-m", "dreamcli", *args, "-s", "0", "-o", str(outdir), "--json", "-q"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"dream {' '.join(args)} failed:\n{done.stderr}")
+    return Image.open(json.loads(done.stdout.splitlines()[0])["path"]).convert("RGB")
 
 
 def main() -> None:
-    rows = examples()
+    make_inputs()
+    rows = []
+    with tempfile.TemporaryDirectory() as outdir:
+        for label, args, source in COMMANDS:
+            before = Image.open(HERE / source).convert("RGB")
+            if label == "inpaint":
+                before = shown_with_mask(before)
+            rows.append((label, before, run(args, Path(outdir))))
     height = 128
 
     def fit(image: Image.Image) -> Image.Image:
-        return image.resize((image.width * height // image.height, height))
+        return image.resize((image.width * height // image.height, height), Image.Resampling.LANCZOS)
 
     scaled = [(fit(a), fit(b)) for _, a, b in rows]
     width = max(a.width + b.width for a, b in scaled) + 3 * 8
@@ -60,8 +82,7 @@ def main() -> None:
         y = 8 + i * (height + 8)
         strip.paste(a, (8, y))
         strip.paste(b, (16 + a.width, y))
-    for label, a, b in rows:
-        a.save(HERE / f"{label}-in.png", optimize=True)
+    for label, _, b in rows:
         b.save(HERE / f"{label}-out.png", optimize=True)
     strip.save(HERE / "examples.png", optimize=True)
     print(HERE / "examples.png")
