@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from dreamcli.config import package_path
+from dreamcli.config import builtin_presets_dir, package_path
 from dreamcli.demo.evaluate import eval_prompts, generate_images, score
 from dreamcli.demo.world import read
 
@@ -56,7 +56,7 @@ def test_sixteen_prompt_subset_follows_position_words(subset_scores):
 def test_the_preset_uses_the_guidance_the_bar_was_measured_at():
     import tomllib
 
-    preset = tomllib.loads((package_path("package:presets") / "demo.toml").read_text())
+    preset = tomllib.loads((builtin_presets_dir() / "demo.toml").read_text())
     assert preset["guidance"] == GUIDANCE
 
 

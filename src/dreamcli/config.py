@@ -7,7 +7,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from dreamcli.errors import InputError
+from dreamcli.errors import DreamError, InputError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -93,9 +93,22 @@ def load_user_config() -> dict:
     return _resolve_paths(data, path.parent)
 
 
+def builtin_presets_dir() -> Path:
+    """The folder of the built-in preset files.
+
+    They live in the project's top-level presets/ folder; the wheel ships them as dreamcli/presets/
+    (pyproject.toml maps that package onto presets/). A checkout, or an editable install of it, has
+    them two levels above this module instead.
+    """
+    here = Path(__file__).resolve().parent
+    for folder in (here / "presets", here.parent.parent / "presets"):
+        if folder.is_dir():
+            return folder
+    raise DreamError(f"the built-in presets are missing (looked in {here / 'presets'}): reinstall dreamcli")
+
+
 def _builtin_presets() -> dict[str, Path]:
-    folder = resources.files("dreamcli") / "presets"
-    return {p.name[:-5]: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+    return {p.stem: p for p in builtin_presets_dir().glob("*.toml")}
 
 
 def _user_presets() -> dict[str, Path]:
