@@ -20,7 +20,7 @@ app = typer.Typer(
     name="dream",
     help="Turn prompts and images into images with Stable Diffusion.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion: Typer's own, for bash, zsh, fish, PowerShell
     pretty_exceptions_show_locals=False,  # locals can hold prompts, tokens and huge tensors
     context_settings={"help_option_names": ["-h", "--help"]},
 )
