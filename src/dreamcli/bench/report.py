@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from dreamcli.io.outputs import replacing
 
 # (what, unit, comparison, limit): the targets of issue 6. GPU ones are judged on CUDA only.
 GPU_TARGETS = {
@@ -76,11 +76,9 @@ def write_json(results: dict, path: Path) -> None:
     """Write the results to path through a temporary file, so a stopped run leaves no half-written JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    with replacing(path, text=True) as f:
         json.dump(results, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def num(value: float | None) -> str:

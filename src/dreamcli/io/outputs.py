@@ -8,6 +8,8 @@ import re
 import secrets
 import tempfile
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from PIL import Image
@@ -76,6 +78,21 @@ def create_temp(folder: Path, prefix: str, suffix: str) -> tuple[int, str]:
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
+
+
+@contextmanager
+def replacing(path: Path, text: bool = False) -> Iterator:
+    """A file to write whose contents replace `path` when the block ends; on any error (a full disk,
+    Ctrl-C) `path` is left as it was and no temporary file remains. Created with the user's umask."""
+    fd, tmp = create_temp(path.parent, f".{path.name}.", ".part")
+    try:
+        with os.fdopen(fd, "w" if text else "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def current_umask() -> int:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from dreamcli.config import cache_dir
+from dreamcli.io.outputs import replacing
 
 BATCH = 4  # images per pipeline call: faster than one by one, small enough for any GPU at 512 px
 
@@ -56,10 +55,8 @@ def make_class_images(
             guidance_scale=guidance, generator=generators,
         ).images
         for seed, image in zip(seeds, images, strict=True):
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".class-", suffix=".png.part")
-            with os.fdopen(fd, "wb") as f:
+            with replacing(paths[seed]) as f:
                 image.save(f, format="PNG")
-            os.replace(tmp, paths[seed])
         if on_progress:
             on_progress("class images", count - len(missing) + start + len(seeds), count)
     return paths

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 from pathlib import Path
 
 CONFIG_NAME = "tune_config.json"
@@ -29,11 +28,11 @@ NOT_IDENTITY = {
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON next to its final name and rename, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    with os.fdopen(fd, "w") as f:
+    from dreamcli.io.outputs import replacing
+
+    with replacing(path, text=True) as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def read_config(outdir: Path) -> dict | None:
