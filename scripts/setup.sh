@@ -13,3 +13,4 @@ bash scripts/install-torch.sh "$PY"
 # torch is already satisfied, so this brings only dreamcli's other requirements, pinned by the lock.
 "$PY" -m pip install -q -c requirements.lock -e '.[test]'
 echo "setup: ready ($("$PY" -c 'import torch, diffusers, transformers, peft; print("torch", torch.__version__, "diffusers", diffusers.__version__, "transformers", transformers.__version__, "peft", peft.__version__)'))" >&2
+echo "setup: run 'source .venv/bin/activate' to put dream on your PATH (or call .venv/bin/dream)" >&2
