@@ -328,3 +328,23 @@ def test_the_umask_is_read_without_being_changed():
         assert os.umask(0o027) == 0o027  # still what it was
     finally:
         os.umask(old)
+
+
+def test_replaced_files_keep_the_old_contents_on_a_failed_write_and_follow_the_umask(tmp_path):
+    # tune_config.json, class images and bench results are written through replacing().
+    from dreamcli.io.outputs import replacing
+
+    target = tmp_path / "tune_config.json"
+    target.write_text("old")
+    with pytest.raises(OSError), replacing(target, text=True) as f:
+        f.write("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["tune_config.json"]
+    previous = os.umask(0o027)
+    try:
+        with replacing(target, text=True) as f:
+            f.write("new")
+    finally:
+        os.umask(previous)
+    assert target.read_text() == "new" and stat.S_IMODE(target.stat().st_mode) == 0o640
