@@ -50,7 +50,10 @@ class Shard:
         return gather_object(items)
 
     def close(self) -> None:
-        """Leave the process group (torch warns at exit otherwise)."""
+        """Leave the process group (torch warns at exit otherwise), once every process is done with it:
+        gloo aborted the main process ("terminate called without an active exception") now and then
+        when it left while another was still finishing its gather."""
+        self.state.wait_for_everyone()
         self.state.destroy_process_group()
 
 
