@@ -7,13 +7,12 @@ from collections.abc import Iterator
 from PIL import Image
 
 from dreamcli.imageops.color import recolor
-from dreamcli.io.images import to_8bit
+from dreamcli.io.images import to_8bit, to_rgb
 from dreamcli.requests import ColorizeRequest
 from dreamcli.tasks.image_common import (
     ImageResult,
     StepCallback,
     StepCounter,
-    as_rgb,
     base_seed,
     call_kwargs,
     check_work_size,
@@ -81,7 +80,7 @@ def iter_colorize(request: ColorizeRequest, on_step: StepCallback | None = None)
         check_work_size(work_size(source.size, 8, request.width, request.height))
     # Scaled to 8 bits (a 16-bit grey photo stays grey, not white); transparency laid on white.
     luma = to_8bit(source)
-    luma = luma if luma.mode == "L" else as_rgb(luma).convert("L")
+    luma = luma if luma.mode == "L" else to_rgb(luma).convert("L")
     grey = luma.convert("RGB")
     if request.controlnet:
         pipe, loaded = controlnet_pipeline(request)

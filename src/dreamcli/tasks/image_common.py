@@ -40,13 +40,6 @@ def open_input(source, what: str = "image", limit: int | None = None) -> Image.I
     raise InputError(f"{what} must be a file path or a PIL image, got {type(source).__name__}")
 
 
-def as_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB for the model (16-bit and float pictures scaled, not clipped); see io.images.to_rgb."""
-    from dreamcli.io.images import to_rgb
-
-    return to_rgb(image)
-
-
 def source_name(source) -> str:
     """A short name of the input for output file names ("image" for an in-memory picture)."""
     return Path(source).stem if isinstance(source, (str, Path)) else "image"

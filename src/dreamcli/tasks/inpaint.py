@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from PIL import Image
 
 from dreamcli.imageops.masks import check_not_empty, feather, fit_mask, mask_levels, paste_back
+from dreamcli.io.images import to_rgb
 from dreamcli.requests import InpaintRequest
 from dreamcli.tasks.image_common import (
     ImageResult,
     StepCallback,
     StepCounter,
-    as_rgb,
     base_seed,
     call_kwargs,
     check_work_size,
@@ -65,7 +65,7 @@ def iter_inpaint(request: InpaintRequest, on_step: StepCallback | None = None) -
     """
     from dreamcli.engine import pipeline_for
 
-    original = as_rgb(open_input(request.image))  # a grey or 16-bit picture is converted, not refused
+    original = to_rgb(open_input(request.image))  # a grey or 16-bit picture is converted, not refused
     if request.width or request.height:  # an explicit size needs no model to be checked: before any loads
         check_work_size(work_size(original.size, 8, request.width, request.height))
     soft, notes = prepare_mask(request, original.size)

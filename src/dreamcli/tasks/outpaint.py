@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from PIL import Image
 
 from dreamcli.imageops.canvas import Margins, expand_canvas, match_seams, outpaint_mask, plan_steps
+from dreamcli.io.images import to_rgb
 from dreamcli.limits import max_pixels
 from dreamcli.requests import OutpaintRequest
 from dreamcli.tasks.image_common import (
     ImageResult,
     StepCallback,
     StepCounter,
-    as_rgb,
     base_seed,
     check_output_size,
     make_image_record,
@@ -89,7 +89,7 @@ def iter_outpaint(request: OutpaintRequest, on_step: StepCallback | None = None)
 
     limit = pixel_limit(request)
     # Reading is safe up to the general limit even when --max-pixels asks for smaller outputs.
-    original = as_rgb(open_input(request.image, limit=max(limit, max_pixels())))
+    original = to_rgb(open_input(request.image, limit=max(limit, max_pixels())))
     asked = Margins.checked(request.left, request.right, request.top, request.bottom)
     margins = asked.rounded()
     final_size = margins.grown(original.size)

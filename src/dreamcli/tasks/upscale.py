@@ -15,13 +15,13 @@ from PIL import Image
 
 from dreamcli.imageops.resample import back_project
 from dreamcli.imageops.tiles import process_tiles, tile_boxes
+from dreamcli.io.images import to_rgb
 from dreamcli.limits import max_pixels
 from dreamcli.requests import UpscaleRequest
 from dreamcli.tasks.image_common import (
     ImageResult,
     StepCallback,
     StepCounter,
-    as_rgb,
     base_seed,
     call_kwargs,
     check_output_size,
@@ -170,7 +170,7 @@ def iter_upscale(request: UpscaleRequest, on_step: StepCallback | None = None) -
 
     limit = pixel_limit(request)
     # Reading is safe up to the general limit even when --max-pixels asks for smaller outputs.
-    original = as_rgb(open_input(request.image, limit=max(limit, max_pixels())))
+    original = to_rgb(open_input(request.image, limit=max(limit, max_pixels())))
     target = (original.width * request.scale, original.height * request.scale)
     check_output_size(target, limit)  # before the enlarged canvas is allocated
     first = base_seed(request.seed)
