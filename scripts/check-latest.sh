@@ -8,18 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 uncapped=0
 if [ "${1:-}" = "--uncapped" ]; then uncapped=1; shift; fi
-scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
-"${PYTHON:-python3}" -m venv "$scratch/venv"
-PY=$scratch/venv/bin/python
-bash scripts/install-torch.sh "$PY"
-"$PY" -m pip install -q -e '.[test]'
+source scripts/scratch-venv.sh
 if [ "$uncapped" = 1 ]; then
   capped=$(grep -oE '"[A-Za-z0-9_.-]+[^"]*,<[^"]*"' pyproject.toml | sed -E 's/^"([A-Za-z0-9_.-]+).*/\1/')
   # shellcheck disable=SC2086
   [ -z "$capped" ] || "$PY" -m pip install -q -U $capped
 fi
-"$PY" -m pip freeze --exclude-editable | grep -viE '^(torch|nvidia-|triton|cuda-)' | LC_ALL=C sort -f > "$scratch/latest.txt"
+freeze > "$scratch/latest.txt"
 echo "check-latest: versions that differ from requirements.lock (< lock, > newest):" >&2
 diff <(grep -v '^#' requirements.lock) "$scratch/latest.txt" >&2 || true
 "$PY" -m pytest -q -p no:cacheprovider "$@"

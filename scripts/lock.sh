@@ -5,15 +5,10 @@
 # wheel (scripts/install-torch.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
-"${PYTHON:-python3}" -m venv "$scratch/venv"
-PY=$scratch/venv/bin/python
-bash scripts/install-torch.sh "$PY"
-"$PY" -m pip install -q -e '.[test]'
+source scripts/scratch-venv.sh
 {
   echo "# Versions the test suite passed with; scripts/setup.sh installs exactly these."
   echo "# Made by scripts/lock.sh on $(date -u +%Y-%m-%d) with Python $("$PY" -c 'import platform; print(platform.python_version())'); torch comes from scripts/install-torch.sh."
-  "$PY" -m pip freeze --exclude-editable | grep -viE '^(torch|nvidia-|triton|cuda-)' | LC_ALL=C sort -f
+  freeze
 } > requirements.lock
 echo "lock: wrote requirements.lock; now run: bash scripts/setup.sh && .venv/bin/python -m pytest" >&2
