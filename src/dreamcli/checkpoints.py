@@ -76,15 +76,20 @@ def detect_family(keys: dict[str, list[int]]) -> str | None:
     return None
 
 
+def refuse_pickle(path: Path, allowed: bool, what: str = "") -> None:
+    """Refuse a pickle file (it can run code when loaded) unless the user passed --allow-unsafe-pickle."""
+    if not allowed:
+        raise UnsafeCheckpoint(
+            f"{what}{path.name} is a pickle ({path.suffix.lower()}), which can run arbitrary code when loaded: "
+            "use a .safetensors version, or pass --allow-unsafe-pickle if you trust its source"
+        )
+
+
 def check_single_file(path: Path, allow_unsafe_pickle: bool) -> str:
     """Validate a single-file checkpoint and return its family; refuses pickles unless allowed."""
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
-        if not allow_unsafe_pickle:
-            raise UnsafeCheckpoint(
-                f"{path.name} is a pickle ({suffix}), which can run arbitrary code when loaded: use a "
-                ".safetensors version, or pass --allow-unsafe-pickle if you trust its source"
-            )
+        refuse_pickle(path, allow_unsafe_pickle)
         return _pickle_family(path)
     if suffix != ".safetensors":
         raise InputError(f"{path} is not a model file: give a .safetensors checkpoint or a diffusers folder")

@@ -19,6 +19,7 @@ from dreamcli.checkpoints import (
     check_single_file,
     detect_family,
     file_sha256,
+    refuse_pickle,
     safetensors_keys,
 )
 from dreamcli.config import PACKAGE_PREFIX, cache_dir, package_path
@@ -403,11 +404,7 @@ def _check_lora_file(path: Path, allow_unsafe_pickle: bool) -> str:
     pickle the user allowed; refuses corrupt files and full checkpoints named as a LoRA."""
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
-        if not allow_unsafe_pickle:
-            raise LoraMismatch(
-                f"LoRA {path.name} is a pickle, which can run arbitrary code when loaded: use a "
-                ".safetensors file, or pass --allow-unsafe-pickle"
-            )
+        refuse_pickle(path, allow_unsafe_pickle, "LoRA ")
         return path.name  # diffusers reads it with torch.load(weights_only=True); failures are caught there
     if suffix != ".safetensors":
         # diffusers would hand any other name to torch.load, i.e. unpickle it.
