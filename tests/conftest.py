@@ -60,6 +60,19 @@ def tiny(tmp_path_factory):
     return paths
 
 
+@pytest.fixture(scope="session")
+def families(tmp_path_factory):
+    """Paths of tiny SD3, Flux, PixArt-Σ and Kandinsky 2.2 models, single files and LoRAs (tiny_families.py)."""
+    import tiny_families as tf
+
+    paths = tf.build_all(tmp_path_factory.mktemp("families"))
+    # Single files are completed by their family's reference repo from the HF cache, as after one download.
+    put_in_hf_cache(Path(paths["sd3"]), "stabilityai/stable-diffusion-3-medium-diffusers")
+    put_in_hf_cache(Path(paths["flux-dev"]), "black-forest-labs/FLUX.1-dev")
+    put_in_hf_cache(Path(paths["flux-schnell"]), "tiny-org/tiny-flux-schnell")
+    return paths
+
+
 @pytest.fixture
 def cli():
     """Run `dream ARGS...` in-process; returns the click Result (stdout and stderr apart)."""

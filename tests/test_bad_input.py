@@ -240,7 +240,7 @@ def test_bad_numbers_and_nesting_in_json_lines(gen, tmp_path, line, fragments):
     [
         ('steps = "many"', ["steps must be a whole number", "'many'"]),
         ("guidance = nan", ["guidance nan is not a finite number"]),
-        ('offload = "no"', ["offload must be true or false", "'no'"]),
+        ('offload = "no"', ["unknown offload 'no'", "model, sequential, group"]),
         ("lora = 5", ["lora must be a path or a list of paths", "5"]),
         ("width = 8192\nheight = 8192", ["8192x8192", "over the limit"]),
     ],

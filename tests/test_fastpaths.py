@@ -181,11 +181,11 @@ def test_attention_slicing_and_fused_qkv_take_turns(gen, fresh_engine):
 
 
 def test_cpu_defaults_and_channels_last(gen, fresh_engine):
-    default = paths_of(gen("x", "-s", 3, "--offload")[0])[0]
+    default = paths_of(gen("x", "-s", 3, "--offload", "model")[0])[0]
     fast = record_of(default)["fast_paths"]
     # CPU keeps its plain path unless asked: no fusing, no layout change, no offloading to itself.
     assert {k: fast[k] for k in ("fused_qkv", "channels_last", "offload", "compile")} == {
-        "fused_qkv": False, "channels_last": False, "offload": False, "compile": None}
+        "fused_qkv": False, "channels_last": False, "offload": None, "compile": None}
     layout = paths_of(gen("x", "-s", 3, "--channels-last")[0])[0]
     assert record_of(layout)["fast_paths"]["channels_last"] is True
     assert mean_diff(layout, default) < 1

@@ -72,7 +72,9 @@ GOOD = {
     "seed": st.integers(0, MAX_SEED - 4), "model": st.just("m"), "model_config": st.sampled_from([None, "cfg"]),
     "scheduler": st.sampled_from([None, *SCHEDULERS]), "device": st.sampled_from(["auto", "cpu", "cuda:0", "mps"]),
     "dtype": st.sampled_from(["auto", "fp16", "bf16"]), "lora": st.lists(st.sampled_from(["l", "l:0.5", "d:x"])),
-    "offload": SWITCH, "vae_tiling": SWITCH, "attention_slicing": SWITCH, "allow_unsafe_pickle": SWITCH,
+    "offload": st.sampled_from([None, True, False, "auto", "none", "model", "sequential", "group"]),
+    "quantize": st.sampled_from([None, "auto", "none", "fp8", "nf4", "int8"]), "no_t5": SWITCH,
+    "vae_tiling": SWITCH, "attention_slicing": SWITCH, "allow_unsafe_pickle": SWITCH,
     "compile": SWITCH, "channels_last": SWITCH, "fuse_qkv": SWITCH,
 }
 

@@ -98,7 +98,10 @@ def test_class_dir_with_unreadable_files_is_refused(tune_cli, tmp_path):
 def test_sdxl_is_refused_clearly(cli, tiny, tmp_path):
     result = cli("tune", "-m", tiny["sdxl"], "--images", subject_images(tmp_path / "s"), "--class", "shape",
                  "-o", tmp_path / "run")
-    assert result.exit_code == 2 and "SD1/SD2" in one_error_line(result)
+    assert result.exit_code == 2
+    assert one_error_line(result) == (
+        "error: dream tune supports SD 1.x and SD 2.x models for now, not SDXL: use an SD 1.x or SD 2.x model"
+    )
 
 
 def test_warnings_for_few_and_small_images_do_not_stop(tiny, tmp_path):

@@ -6,18 +6,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from struct import error as struct_error
 
 from dreamcli.errors import CorruptCheckpoint, InputError, UnsafeCheckpoint
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-FAMILIES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-# Hugging Face repos whose configs describe each family's components; single-file checkpoints
-# carry only weights, so diffusers builds the pipeline from these (the same defaults diffusers uses).
-FAMILY_CONFIG_REPOS = {
-    "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sd2": "stabilityai/stable-diffusion-2-1",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-}
 
 
 def safetensors_keys(path: Path, what: str = "") -> dict[str, list[int]]:
@@ -65,15 +58,35 @@ def safetensors_keys(path: Path, what: str = "") -> dict[str, list[int]]:
     return shapes
 
 
+def gguf_keys(path: Path) -> dict[str, list[int]]:
+    """Tensor names and shapes of a GGUF file (quantised Flux/SD3 transformers), through the gguf package."""
+    from importlib.util import find_spec
+
+    if find_spec("gguf") is None:
+        raise InputError(f"reading {path.name} needs the gguf package: pip install gguf")
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except (OSError, ValueError, KeyError, IndexError, struct_error) as e:
+        raise CorruptCheckpoint(f"{path} is not a readable GGUF file ({type(e).__name__}): download it again") from None
+    return {tensor.name: [int(n) for n in reversed(tensor.shape)] for tensor in reader.tensors}
+
+
+def file_keys(path: Path) -> dict[str, list[int]]:
+    """Tensor names and shapes of a .safetensors or .gguf file ({} for a pickle, which only loading reveals)."""
+    suffix = path.suffix.lower()
+    if suffix == ".gguf":
+        return gguf_keys(path)
+    return safetensors_keys(path) if suffix == ".safetensors" else {}
+
+
 def detect_family(keys: dict[str, list[int]]) -> str | None:
-    """SD1/SD2/SDXL from original (LDM) checkpoint key names: the text encoders differ per family."""
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return "sdxl"  # SDXL's second text encoder (OpenCLIP bigG)
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "sd2"  # SD 2.x's OpenCLIP ViT-H text encoder
-    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
-        return "sd1"  # OpenAI CLIP ViT-L
-    return None
+    """The family a checkpoint's tensor names say (the registry asks each family), or None."""
+    from dreamcli import families
+
+    family = families.for_keys(keys)
+    return family.name if family else None
 
 
 def refuse_pickle(path: Path, allowed: bool, what: str = "") -> None:
@@ -91,12 +104,14 @@ def check_single_file(path: Path, allow_unsafe_pickle: bool) -> str:
     if suffix in PICKLE_SUFFIXES:
         refuse_pickle(path, allow_unsafe_pickle)
         return _pickle_family(path)
-    if suffix != ".safetensors":
+    if suffix not in (".safetensors", ".gguf"):
         raise InputError(f"{path} is not a model file: give a .safetensors checkpoint or a diffusers folder")
-    family = detect_family(safetensors_keys(path))
+    family = detect_family(file_keys(path))
     if family is None:
+        from dreamcli.families import supported
+
         raise InputError(
-            f"{path.name} is not a Stable Diffusion checkpoint (no SD1/SD2/SDXL text encoder keys); "
+            f"{path.name} is not a model checkpoint dream knows (its tensor names match none of {supported()}); "
             "if it is a LoRA, pass it with --lora"
         )
     return family
@@ -112,7 +127,9 @@ def _pickle_family(path: Path) -> str:
     state = state.get("state_dict", state)
     family = detect_family({k: [] for k in state})
     if family is None:
-        raise InputError(f"{path.name} is not a Stable Diffusion checkpoint")
+        from dreamcli.families import supported
+
+        raise InputError(f"{path.name} is not a model checkpoint dream knows (none of {supported()})")
     return family
 
 

@@ -30,7 +30,8 @@ DEFAULT_PRESET = "demo"  # used when no model is named anywhere: small, offline,
 SETTING_KEYS = {
     "model", "model_config", "scheduler", "steps", "guidance", "guidance_rescale", "negative", "width", "height",
     "num_images", "seed", "lora", "device", "dtype", "offload", "vae_tiling", "attention_slicing",
-    "outdir", "format", "allow_unsafe_pickle", "compile", "channels_last", "fuse_qkv", "batch_size",
+    "outdir", "format", "allow_unsafe_pickle", "compile", "channels_last", "fuse_qkv", "batch_size", "quantize",
+    "no_t5",
 }
 # Keys a preset may carry for other tasks (inpaint, upscale, tune) or for people reading it.
 PRESET_ONLY_KEYS = {"description", "inpaint_model", "upscale_model", "controlnet"}

@@ -12,12 +12,12 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dreamcli import families, memory
 from dreamcli.checkpoints import (
-    FAMILIES,
-    FAMILY_CONFIG_REPOS,
     PICKLE_SUFFIXES,
     check_single_file,
     detect_family,
+    file_keys,
     file_sha256,
     refuse_pickle,
     safetensors_keys,
@@ -32,7 +32,7 @@ from dreamcli.errors import (
     ModelNotFound,
 )
 from dreamcli.requests import LoraRef, ModelOptions
-from dreamcli.schedulers import SCHEDULERS
+from dreamcli.schedulers import SCHEDULERS, check_fits
 
 # Silence import-time chatter (e.g. transformers asking for torchvision) before the heavy imports:
 # stderr is for our progress and hints.
@@ -43,11 +43,7 @@ import torch  # noqa: E402  (after the verbosity settings above)
 
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TASK_PIPELINES = {
-    "text2img": "AutoPipelineForText2Image",
-    "img2img": "AutoPipelineForImage2Image",
-    "inpaint": "AutoPipelineForInpainting",
-}
+AUTO_PIPELINES = {"img2img": "AutoPipelineForImage2Image", "inpaint": "AutoPipelineForInpainting"}
 # Extra torch.compile arguments (e.g. {"mode": "max-autotune"}); tests swap in a cheap backend.
 COMPILE_KWARGS: dict = {}
 DEMO_MISSING = (
@@ -63,7 +59,7 @@ class ModelSource:
     ref: str  # what the user wrote
     kind: str  # "folder" | "file" | "hub"
     location: str  # folder path, file path or repo id
-    family: str | None  # "sd1" | "sd2" | "sdxl" (None until a hub download tells)
+    family: str | None  # a families name: "sd1", "flux", ... (None until a hub download tells)
     revision: str | None = None  # hub snapshot commit, when cached
 
     @property
@@ -89,16 +85,14 @@ def cached_snapshot(repo_id: str) -> Path | None:
     return Path(found).parent if isinstance(found, str) else None
 
 
+# Pipelines one task runs on its own (no family): model_index class -> (the family name records carry, the command).
+TASK_ONLY = {"StableDiffusionUpscalePipeline": ("sd2-x4-upscaler", "dream upscale")}
+
+
 def folder_family(folder: Path) -> str:
-    """Family of a diffusers folder from its pipeline class and UNet cross-attention width."""
-    index = json.loads((folder / "model_index.json").read_text())
-    if "XL" in index.get("_class_name", "") or "text_encoder_2" in index:
-        return "sdxl"
-    try:
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-    except OSError:
-        return "sd1"
-    return "sd2" if unet.get("cross_attention_dim") == 1024 else "sd1"
+    """Family name of a diffusers folder (what its model_index.json and component configs say)."""
+    task_only = TASK_ONLY.get(families.read_json(folder / "model_index.json").get("_class_name"))
+    return task_only[0] if task_only else families.for_folder(folder).name
 
 
 def resolve_model(ref: str, allow_unsafe_pickle: bool = False) -> ModelSource:
@@ -115,6 +109,9 @@ def resolve_model(ref: str, allow_unsafe_pickle: bool = False) -> ModelSource:
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
+            component = families.read_json(path / "config.json").get("_class_name")
+            if component:  # a ControlNet, a UNet or a transformer alone
+                raise families.UnsupportedModel(families.describe_unsupported(component, f"folder {path}"))
             raise ModelNotFound(
                 f"folder {path} is not a diffusers model (no model_index.json): give the folder that "
                 "holds model_index.json, or a .safetensors checkpoint"
@@ -205,7 +202,7 @@ class LoadedModel:
     pipe: object
     device: str
     dtype: str
-    offload: bool
+    offload: str | None  # "model" | "sequential" | "group" (memory.apply_offload), None: on the device
     scheduler_config: dict  # the model's own, so swapping schedulers never compounds
     loras: tuple[LoraRef, ...] = ()
     task_pipes: dict = field(default_factory=dict)
@@ -214,13 +211,30 @@ class LoadedModel:
     channels_last: bool = False
     compiled: str | None = None  # "regional" | "full" once the UNet is compiled (it stays so)
     compile_seconds: float | None = None  # the first compiled UNet call: compilation plus one step
+    quantize: str | None = None  # "fp8" | "nf4" | "int8" (memory.py), None: weights as loaded
+    memory_reason: str | None = None  # why offload / quantize were chosen, when they were chosen to fit
     vae_fp32: bool = False  # a half-precision VAE overflowed once here: decode in fp32 from now on
     _hash: str | None = None
 
     @property
     def family(self) -> str:
-        """SD1/SD2/SDXL as read from the loaded pipeline."""
-        return self.source.family or ("sdxl" if hasattr(self.pipe, "text_encoder_2") else "sd1")
+        """The family's name, as resolved from the files (or read off the pipeline of a fresh download)."""
+        return self.source.family or families.for_pipeline(self.pipe).name
+
+    @property
+    def spec(self) -> families.Family:
+        """What this model's family needs (its registry entry)."""
+        return families.get(self.family)
+
+    @property
+    def denoiser(self):
+        """The UNet or transformer that runs every step."""
+        return getattr(self.pipe, self.spec.denoiser)
+
+    @property
+    def autoencoder(self):
+        """The VAE (or Kandinsky's MoVQ) that turns latents into pixels."""
+        return getattr(self.pipe, self.spec.autoencoder)
 
     def model_hash(self) -> str:
         """A1111-style short hash: the first 10 hex digits of the weights' SHA-256 (a commit for hub repos)."""
@@ -238,9 +252,9 @@ def source_hash(source: ModelSource) -> str:
         return (source.revision or "")[:10]
     path = Path(source.location)
     if source.kind == "folder":
-        weights = sorted((path / "unet").glob("diffusion_pytorch_model*.safetensors")) or sorted(
-            (path / "unet").glob("*")
-        )
+        family = families.BY_NAME.get(source.family)  # None for a task-only pipeline (the x4 upscaler: a UNet)
+        denoiser = path / (family.denoiser if family else "unet")
+        weights = sorted(denoiser.glob("diffusion_pytorch_model*.safetensors")) or sorted(denoiser.glob("*"))
         if not weights:
             return ""
         path = weights[0]
@@ -262,13 +276,14 @@ def _single_file_config(source: ModelSource, model_config: str | None) -> str:
         if Path(model_config).is_dir() or REPO_ID.match(model_config):
             return str(Path(model_config).resolve()) if Path(model_config).is_dir() else model_config
         raise InputError(f"--model-config {model_config} is neither a diffusers folder nor a repo id")
-    repo = FAMILY_CONFIG_REPOS[source.family]
+    family = families.get(source.family)
+    repo = family.config_repo(file_keys(Path(source.location)))
     snapshot = cached_snapshot(repo)
     if snapshot is not None:
         return str(snapshot)
     if hub_offline():
         raise ModelNotFound(
-            f"{Path(source.location).name} is a single-file {FAMILIES[source.family]} checkpoint; building "
+            f"{Path(source.location).name} is a single-file {family.label} checkpoint; building "
             f"its pipeline needs the component configs of {repo}, which are not in the Hugging Face cache "
             "and the hub is off: run once online, or pass --model-config DIR (a diffusers folder of the "
             "same family)"
@@ -284,7 +299,47 @@ def dtype_kwargs(torch_dtype) -> dict:
     return {"dtype": torch_dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": torch_dtype}
 
 
-def load_base_pipeline(source: ModelSource, options: ModelOptions, torch_dtype):
+def _load_single_file(source: ModelSource, options: ModelOptions, torch_dtype, device: str = "cpu"):
+    """A pipeline from one checkpoint file, completed by its family's configs.
+
+    A whole checkpoint (text encoders included: SD 1.x/2.x/SDXL, SD3 all-in-one files) goes through the
+    pipeline's from_single_file. A denoiser-only file (Flux, most SD3/3.5 files, GGUF) loads as the
+    denoiser alone, and the pipeline's other parts come from the config folder or repo: diffusers'
+    from_single_file does not take text encoders from a config folder.
+    """
+    import diffusers
+
+    family = families.get(source.family)
+    path = Path(source.location)
+    if not family.single_file:
+        raise families.UnsupportedModel(
+            f"{path.name} is a single-file {family.label} checkpoint, which diffusers cannot build a pipeline "
+            "from: use the model's diffusers folder (or its hub id) with -m"
+        )
+    cls = getattr(diffusers, family.pipeline_class("text2img"))
+    config = _single_file_config(source, options.model_config)
+    local = {"local_files_only": Path(config).is_dir()}
+    keys = file_keys(path)
+    extra = memory.load_kwargs(family, options, device, torch_dtype, single_file=True)
+    if family.denoiser != "transformer" or family.whole_file(keys):
+        return cls.from_single_file(str(path), config=config, **local, **dtype_kwargs(torch_dtype),
+                                    **family.single_file_kwargs, **extra)
+    model_kwargs = {}
+    if path.suffix.lower() == ".gguf":
+        model_kwargs["quantization_config"] = diffusers.GGUFQuantizationConfig(compute_dtype=torch_dtype)
+    denoiser_class = getattr(diffusers, family.denoiser_class)
+    try:
+        denoiser = denoiser_class.from_single_file(str(path), config=config, subfolder=family.denoiser, **local,
+                                                   torch_dtype=torch_dtype, **model_kwargs)
+    except (RuntimeError, ValueError, KeyError) as e:  # diffusers' key converters assume the real widths
+        raise CorruptCheckpoint(
+            f"{path.name} looks like a {family.label} {family.denoiser} file, but diffusers cannot convert it "
+            f"({_first_line(e)}): use a diffusers-format file or the model's folder"
+        ) from None
+    return cls.from_pretrained(config, **{family.denoiser: denoiser}, **local, **dtype_kwargs(torch_dtype), **extra)
+
+
+def load_base_pipeline(source: ModelSource, options: ModelOptions, torch_dtype, device: str = "cpu"):
     """Load a fresh text-to-image pipeline for a source, outside the process cache (training edits it)."""
     import diffusers
     import transformers
@@ -293,17 +348,16 @@ def load_base_pipeline(source: ModelSource, options: ModelOptions, torch_dtype):
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     if source.kind == "file":
-        cls = diffusers.StableDiffusionXLPipeline if source.family == "sdxl" else diffusers.StableDiffusionPipeline
-        config = _single_file_config(source, options.model_config)
-        kwargs = {"config": config, "local_files_only": Path(config).is_dir(), **dtype_kwargs(torch_dtype)}
-        if source.family != "sdxl":
-            kwargs.update(safety_checker=None, requires_safety_checker=False)
         try:
-            return cls.from_single_file(source.location, **kwargs)
+            pipe = _load_single_file(source, options, torch_dtype, device)
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
-            if isinstance(e, OSError) and not Path(config).is_dir():
+            if isinstance(e, OSError) and not Path(_single_file_config(source, options.model_config)).is_dir():
                 raise _hub_error(source, e) from None
             raise
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.eval()  # diffusers' single-file T5 is left in training mode: dropout on, seeds vary
+        return pipe
     location = source.location
     kwargs = dtype_kwargs(torch_dtype)
     if source.kind == "hub" and source.revision is None:
@@ -320,6 +374,8 @@ def load_base_pipeline(source: ModelSource, options: ModelOptions, torch_dtype):
             location = str(cached_snapshot(source.location))
         index_file = Path(location) / "model_index.json"
     index = json.loads(index_file.read_text())
+    family = families.get(source.family) if source.family else families.for_folder(index_file.parent)
+    kwargs.update(memory.load_kwargs(family, options, device, torch_dtype))
     if "safety_checker" in index:
         # Like A1111 and most local tools, no NSFW filter: it blacks out images and costs 1.2 GB.
         kwargs.update(safety_checker=None, requires_safety_checker=False)
@@ -331,6 +387,13 @@ def load_base_pipeline(source: ModelSource, options: ModelOptions, torch_dtype):
         if source.kind == "hub" and source.revision is None:
             raise _hub_error(source, e) from None
         raise
+    except ValueError:
+        if index.get("_class_name") in ("KandinskyV22Pipeline", "KandinskyV22InpaintPipeline"):  # no prior linked
+            raise families.UnsupportedModel(
+                f"{source.ref} is a Kandinsky 2.2 decoder without its prior (its README.md names none): use a "
+                "folder saved from the combined pipeline, or the hub's kandinsky-community/kandinsky-2-2-decoder"
+            ) from None
+        raise
 
 
 def load_model(options: ModelOptions) -> LoadedModel:
@@ -338,30 +401,36 @@ def load_model(options: ModelOptions) -> LoadedModel:
     source = resolve_model(options.model, options.allow_unsafe_pickle)
     device = pick_device(options.device)
     dtype = pick_dtype(options.dtype, device)
-    offload = options.offload and device != "cpu"  # offloading to CPU from the CPU saves nothing
-    key = (source.kind, source.location, options.model_config, device, dtype, offload)
+    key = (source.kind, source.location, options.model_config, device, dtype, options.offload, options.quantize,
+           options.no_t5)
     if key in _CACHE:
         return _CACHE[key]  # pipeline_for checks any new LoRAs before it loads them
-    check_loras(options.loras, options.allow_unsafe_pickle)
-    pipe = load_base_pipeline(source, options, DTYPES[dtype])
+    for family, command in TASK_ONLY.values():
+        if source.family == family:
+            raise families.UnsupportedModel(f"{source.ref} is an SD x4 upscaler: use it with {command}")
+    check_loras(options.loras, options.allow_unsafe_pickle, source.family)
+    if options.quantize in ("nf4", "int8") and device.startswith("cuda:"):
+        torch.cuda.set_device(device)  # bitsandbytes loads onto the current CUDA device
+    pipe = load_base_pipeline(source, options, DTYPES[dtype], device)
     pipe.set_progress_bar_config(disable=True)  # progress is ours, on stderr, via on_step
-    if offload:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
-    loaded = LoadedModel(source, pipe, device, dtype, offload, dict(pipe.scheduler.config))
+    spec = families.get(source.family) if source.family else families.for_pipeline(pipe)
+    offload, quantize, reason = memory.resolve(pipe, spec, options, device)
+    memory.quantize(pipe, spec, quantize, DTYPES[dtype])
+    memory.apply_offload(pipe, spec, offload, device)
+    loaded = LoadedModel(source, pipe, device, dtype, offload, dict(pipe.scheduler.config), quantize=quantize,
+                         memory_reason=reason)
     if source.family is None:  # downloaded just now: read the family off the pipeline
         loaded.source = ModelSource(source.ref, source.kind, source.location, loaded.family)
     _CACHE[key] = loaded
     return loaded
 
 
-def _lora_location(lora: LoraRef, allow_unsafe_pickle: bool) -> tuple[str, str | None]:
+def _lora_location(lora: LoraRef, allow_unsafe_pickle: bool, family: str | None) -> tuple[str, str | None]:
     """(folder or repo id, weight file name) as diffusers' load_lora_weights wants them, once the
     file is known to be a readable LoRA: bad files fail here, before any model is loaded."""
     path = Path(lora.path).expanduser()
     if path.is_file():
-        return str(path.parent), _check_lora_file(path, allow_unsafe_pickle)
+        return str(path.parent), _check_lora_file(path, allow_unsafe_pickle, family)
     if path.is_dir():
         if (path / "model_index.json").is_file():
             raise LoraMismatch(f"{path} is a diffusers model, not a LoRA: load it with -m, or give a LoRA with --lora")
@@ -382,7 +451,7 @@ def _lora_location(lora: LoraRef, allow_unsafe_pickle: bool) -> tuple[str, str |
                 f"LoRA folder {path} holds no .safetensors file{also}: give the folder that holds "
                 "pytorch_lora_weights.safetensors, or the LoRA file itself"
             )
-        return str(path), _check_lora_file((preferred or files)[0], allow_unsafe_pickle)
+        return str(path), _check_lora_file((preferred or files)[0], allow_unsafe_pickle, family)
     head, sep, tail = lora.path.rpartition(":")
     # `--lora DIR:abc`: parsing keeps a non-number after the last colon as part of the path, so the
     # path is "not found"; when what comes before the colon is a LoRA, the scale is what is wrong.
@@ -399,9 +468,10 @@ def _lora_location(lora: LoraRef, allow_unsafe_pickle: bool) -> tuple[str, str |
     raise LoraMismatch(f"LoRA {lora.path} not found: give a .safetensors file or a folder holding one")
 
 
-def _check_lora_file(path: Path, allow_unsafe_pickle: bool) -> str:
+def _check_lora_file(path: Path, allow_unsafe_pickle: bool, family: str | None) -> str:
     """The file name of a LoRA that is safe to hand to diffusers: a complete .safetensors LoRA, or a
-    pickle the user allowed; refuses corrupt files and full checkpoints named as a LoRA."""
+    pickle the user allowed; refuses corrupt files, full checkpoints named as a LoRA, and a LoRA whose
+    tensor names say it was made for another family than the model's."""
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
         refuse_pickle(path, allow_unsafe_pickle, "LoRA ")
@@ -412,18 +482,27 @@ def _check_lora_file(path: Path, allow_unsafe_pickle: bool) -> str:
     keys = safetensors_keys(path, "LoRA ")
     if not keys:
         raise CorruptCheckpoint(f"LoRA {path} holds no weights: download it again")
-    family = detect_family(keys)
-    if family is not None:
+    checkpoint = detect_family(keys)
+    if checkpoint is not None and not any("lora" in key.lower() for key in keys):
         raise LoraMismatch(
-            f"{path} is a full {FAMILIES[family]} checkpoint, not a LoRA: load it with -m, or give a LoRA with --lora"
+            f"{path} is a full {families.label(checkpoint)} checkpoint, not a LoRA: load it with -m, or give a "
+            "LoRA with --lora"
+        )
+    kind = families.lora_kind(keys)
+    model = families.BY_NAME.get(family)
+    if model is not None and kind is not None and model.lora_kind is not None and kind != model.lora_kind:
+        raise LoraMismatch(
+            f"LoRA {path.name} was made for {kind} models, and this model is {model.label}: use a LoRA made for "
+            f"{model.label}"
         )
     return path.name
 
 
-def check_loras(loras: tuple[LoraRef, ...], allow_unsafe_pickle: bool) -> None:
-    """Refuse missing or unreadable LoRA files (or a bad scale) before seconds go into loading a model."""
+def check_loras(loras: tuple[LoraRef, ...], allow_unsafe_pickle: bool, family: str | None = None) -> None:
+    """Refuse missing or unreadable LoRA files (or a bad scale, or one for another family) before seconds go
+    into loading a model."""
     for lora in loras:
-        _lora_location(lora, allow_unsafe_pickle)
+        _lora_location(lora, allow_unsafe_pickle, family)
 
 
 @contextlib.contextmanager
@@ -448,11 +527,22 @@ def _libraries_quiet():
 
 def _load_lora(loaded: LoadedModel, lora: LoraRef, location: str, weight_name: str | None, name: str) -> None:
     """pipe.load_lora_weights with its failures as one line naming the LoRA and the model."""
-    model = f"model {loaded.source.name} ({FAMILIES.get(loaded.family, loaded.family)})"
+    model = f"model {loaded.source.name} ({loaded.spec.label})"
+    peft = loaded.spec.lora == "peft"
+    if peft and weight_name is None:
+        raise LoraMismatch(
+            f"{loaded.spec.label} LoRAs load as peft adapters from local files: download {lora.path} and give "
+            "its folder or .safetensors file"
+        )
     try:
         with _libraries_quiet():
-            loaded.pipe.load_lora_weights(location, weight_name=weight_name, adapter_name=name)
-    except (MemoryError, torch.OutOfMemoryError):
+            if peft:
+                from dreamcli.adapters import load_adapter
+
+                load_adapter(loaded.denoiser, Path(location) / weight_name, name)
+            else:
+                loaded.pipe.load_lora_weights(location, weight_name=weight_name, adapter_name=name)
+    except (MemoryError, torch.OutOfMemoryError, LoraMismatch):
         raise  # the machine's limit, not the file's fault
     except OSError as e:
         # diffusers turns every read failure into "Unable to load weights from checkpoint file".
@@ -462,12 +552,14 @@ def _load_lora(loaded: LoadedModel, lora: LoraRef, location: str, weight_name: s
             f"LoRA {lora.path} is not a readable {Path(weight_name).suffix or 'LoRA'} file: download it again"
         ) from None
     except Exception as e:  # a malformed file can break diffusers' converters anywhere
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        # A converter's bare assert (kohya Flux files with unexpected blocks) has no message at all.
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [
+            f"diffusers could not convert its tensor names ({type(e).__name__})"
+        ]
         # torch lists every bad tensor; the first "size mismatch" line says the most.
         detail = next((ln for ln in lines if "size mismatch" in ln), lines[0])[:160]
         raise LoraMismatch(f"LoRA {lora.path} does not fit {model}: {detail}") from None
-    loaded_names = {n for names_ in loaded.pipe.get_list_adapters().values() for n in names_}
-    if name not in loaded_names:
+    if name not in _adapter_names(loaded):
         raise LoraMismatch(
             f"LoRA {lora.path} has no weights for the layers of {model}: it was made for another model"
         )
@@ -477,27 +569,50 @@ def _first_line(error: Exception) -> str:
     return next((ln.strip() for ln in str(error).splitlines() if ln.strip()), type(error).__name__)[:160]
 
 
+def _adapter_names(loaded: LoadedModel) -> set[str]:
+    if loaded.spec.lora == "peft":
+        from dreamcli.adapters import adapter_names
+
+        return adapter_names(loaded.denoiser)
+    return {n for names in loaded.pipe.get_list_adapters().values() for n in names}
+
+
+def _unload_loras(loaded: LoadedModel) -> None:
+    if loaded.spec.lora == "peft":
+        from dreamcli.adapters import unload
+
+        unload(loaded.denoiser)
+    else:
+        loaded.pipe.unload_lora_weights()
+
+
 def apply_loras(loaded: LoadedModel, loras: tuple[LoraRef, ...], allow_unsafe_pickle: bool) -> None:
-    """Make exactly these LoRAs active (diffusers reads diffusers, kohya and A1111 formats)."""
+    """Make exactly these LoRAs active: through the pipeline's loader (diffusers reads diffusers, kohya and
+    A1111 formats), or as peft adapters on the denoiser for families without one."""
     if tuple(loras) == loaded.loras:
         return
-    pipe = loaded.pipe
     if loaded.loras:
-        pipe.unload_lora_weights()
+        _unload_loras(loaded)
         loaded.loras = ()
     names = []
     try:
         for i, lora in enumerate(loras):
-            location, weight_name = _lora_location(lora, allow_unsafe_pickle)
+            location, weight_name = _lora_location(lora, allow_unsafe_pickle, loaded.family)
             name = f"lora{i}"
             _load_lora(loaded, lora, location, weight_name, name)
             names.append(name)
     except BaseException:
-        if names or pipe.get_list_adapters():
-            pipe.unload_lora_weights()
+        if names or _adapter_names(loaded):
+            _unload_loras(loaded)
         raise
     if names:
-        pipe.set_adapters(names, adapter_weights=[lora.scale for lora in loras])
+        weights = [lora.scale for lora in loras]
+        if loaded.spec.lora == "peft":
+            from dreamcli.adapters import set_adapters
+
+            set_adapters(loaded.denoiser, names, weights)
+        else:
+            loaded.pipe.set_adapters(names, adapter_weights=weights)
     loaded.loras = tuple(loras)
 
 
@@ -508,8 +623,10 @@ def make_scheduler(loaded: LoadedModel, name: str | None):
     base = loaded.scheduler_config
     if name is None:
         return getattr(diffusers, base["_class_name"]).from_config(base)
+    check_fits(name, loaded.spec)
     spec = SCHEDULERS[name]
-    return getattr(diffusers, spec.class_name).from_config(base, **spec.overrides)
+    with _libraries_quiet():  # "config attributes were passed ... but are not expected": the other classes' keys
+        return getattr(diffusers, spec.class_name).from_config(base, **spec.config_overrides(base))
 
 
 def pipeline_for(task: str, options: ModelOptions):
@@ -523,34 +640,45 @@ def pipeline_for(task: str, options: ModelOptions):
     loaded = load_model(options)
     pipe = loaded.task_pipes.get(task)
     if pipe is None:
+        loaded.spec.pipeline_class(task)  # refuses a task the family has no pipeline for
+        loaded.spec.check_task(task, loaded.pipe)
         if task == "text2img":
             pipe = loaded.pipe
         else:
-            pipe = getattr(diffusers, TASK_PIPELINES[task]).from_pipe(loaded.pipe)
+            # The auto classes build the family's task pipeline around the same modules; a pipeline class's
+            # own from_pipe would also cast them all to fp32 (diffusers 0.42) unless told the dtype.
+            pipe = getattr(diffusers, AUTO_PIPELINES[task]).from_pipe(loaded.pipe)
             pipe.set_progress_bar_config(disable=True)
         loaded.task_pipes[task] = pipe
     # Fused projections hold copies of the base weights, which a LoRA would not reach: unfuse first.
-    want_fused = _on_for_cuda(options.fuse_qkv, loaded) and not options.loras and not options.attention_slicing
+    # Fusing concatenates weights into a new layer: fp8's per-layer casting and group/sequential offloading's
+    # hooks would not reach it, and bitsandbytes packs its weights.
+    plain_weights = loaded.quantize is None and loaded.offload in (None, "model")
+    want_fused = (_on_for_cuda(options.fuse_qkv, loaded) and not options.loras and not options.attention_slicing
+                  and plain_weights)
     if loaded.fused_qkv and not want_fused:
         set_fused_qkv(loaded, False)
     apply_loras(loaded, options.loras, options.allow_unsafe_pickle)
     pipe.scheduler = make_scheduler(loaded, options.scheduler)
     # Toggle only on change: each toggle rewrites attention processors / VAE state.
-    if options.vae_tiling != getattr(pipe.vae, "use_tiling", False):
-        pipe.vae.enable_tiling() if options.vae_tiling else pipe.vae.disable_tiling()
+    autoencoder = loaded.autoencoder
+    if options.vae_tiling != getattr(autoencoder, "use_tiling", False):
+        if not hasattr(autoencoder, "enable_tiling"):
+            raise InputError(f"{loaded.spec.label} models cannot decode in tiles: leave out --vae-tiling")
+        autoencoder.enable_tiling() if options.vae_tiling else autoencoder.disable_tiling()
     if options.attention_slicing != loaded.attention_slicing:
         pipe.enable_attention_slicing() if options.attention_slicing else pipe.disable_attention_slicing()
         loaded.attention_slicing = options.attention_slicing
     if want_fused and not loaded.fused_qkv:
         set_fused_qkv(loaded, True)
-    channels_last = _on_for_cuda(options.channels_last, loaded)
+    channels_last = _on_for_cuda(options.channels_last, loaded) and loaded.offload in (None, "model")
     if channels_last != loaded.channels_last:
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        loaded.pipe.unet.to(memory_format=layout)
-        loaded.pipe.vae.to(memory_format=layout)
+        loaded.denoiser.to(memory_format=layout)
+        loaded.autoencoder.to(memory_format=layout)
         loaded.channels_last = channels_last
     if options.compile and loaded.compiled is None:
-        compile_unet(loaded)
+        compile_denoiser(loaded)
     return pipe, loaded
 
 
@@ -560,14 +688,18 @@ def _on_for_cuda(choice: bool | None, loaded: LoadedModel) -> bool:
 
 
 def set_fused_qkv(loaded: LoadedModel, fused: bool) -> None:
-    """Fuse (or unfuse) the UNet's and VAE's attention projections into one matmul each.
+    """Fuse (or unfuse) the denoiser's and VAE's attention projections into one matmul each.
 
     diffusers keeps the separate projections too, so unfusing only switches the processors back.
     Models with added KV projections cannot be fused; they are left as they are.
     """
     done = False
-    for model in (loaded.pipe.unet, loaded.pipe.vae):
+    for model in (loaded.denoiser, loaded.autoencoder):
         if not hasattr(model, "fuse_qkv_projections"):
+            continue
+        if getattr(model.config, "dual_attention_layers", None):
+            # SD 3.5 Medium: diffusers 0.42 also fuses the image-only second attention into the joint
+            # processor, which then gets no text and fails; leave such a model unfused.
             continue
         if fused:
             try:
@@ -580,22 +712,22 @@ def set_fused_qkv(loaded: LoadedModel, fused: bool) -> None:
     loaded.fused_qkv = done
 
 
-def compile_unet(loaded: LoadedModel) -> None:
-    """torch.compile the UNet once: only its repeated blocks where diffusers lists them (regional
+def compile_denoiser(loaded: LoadedModel) -> None:
+    """torch.compile the UNet or transformer once: only its repeated blocks where diffusers lists them (regional
     compilation: each block type is compiled once and reused, so the warm-up is a fraction of the
     whole model's), else its whole forward.
 
-    The first UNet call afterwards pays the compilation; its wall time lands in `loaded.compile_seconds`.
+    The first denoiser call afterwards pays the compilation; its wall time lands in `loaded.compile_seconds`.
     """
-    unet = loaded.pipe.unet
-    if getattr(unet, "_repeated_blocks", None) and hasattr(unet, "compile_repeated_blocks"):
-        unet.compile_repeated_blocks(**COMPILE_KWARGS)
+    model = loaded.denoiser
+    if getattr(model, "_repeated_blocks", None) and hasattr(model, "compile_repeated_blocks"):
+        model.compile_repeated_blocks(**COMPILE_KWARGS)
         loaded.compiled = "regional"
     else:
         # Compiling forward, not the module, keeps module hooks (offload, the timer below) outside the graph.
-        unet.forward = torch.compile(unet.forward, **COMPILE_KWARGS)
+        model.forward = torch.compile(model.forward, **COMPILE_KWARGS)
         loaded.compiled = "full"
-    _time_first_call(loaded, unet)
+    _time_first_call(loaded, model)
 
 
 def _time_first_call(loaded: LoadedModel, module) -> None:
@@ -620,23 +752,24 @@ def _time_first_call(loaded: LoadedModel, module) -> None:
 
 def fast_paths(loaded: LoadedModel) -> dict:
     """What speeds this model up right now (for the image record, so results can be compared)."""
-    processors = sorted({type(p).__name__ for p in loaded.pipe.unet.attn_processors.values()})
+    processors = sorted({type(p).__name__ for p in loaded.denoiser.attn_processors.values()})
     return {
         "attention": "+".join(processors),
         "fused_qkv": loaded.fused_qkv,
         "channels_last": loaded.channels_last,
         "compile": loaded.compiled,
         "vae_dtype": "fp32" if loaded.vae_fp32 else loaded.dtype,
-        "offload": loaded.offload,
-        "vae_tiling": bool(getattr(loaded.pipe.vae, "use_tiling", False)),
+        **memory.describe(loaded.offload, loaded.quantize, loaded.pipe, loaded.spec),
+        "vae_tiling": bool(getattr(loaded.autoencoder, "use_tiling", False)),
         "attention_slicing": loaded.attention_slicing,
     }
 
 
-def decode_latents(loaded: LoadedModel, pipe, latents) -> list:
+def decode_latents(loaded: LoadedModel, pipe, latents, width: int, height: int) -> list:
     """PIL images from a pipeline's latents (output_type="latent"), never black or NaN ones.
 
-    A half-precision VAE can overflow to inf/NaN (SD 1.x and SDXL VAEs in fp16 do, on some
+    The family says how its latents decode (Flux unpacks 2x2 patches first, Kandinsky goes through
+    MoVQ). A half-precision VAE can overflow to inf/NaN (SD 1.x and SDXL VAEs in fp16 do, on some
     pictures): that batch is decoded again in fp32 and this model's VAE decodes in fp32 from then
     on, as SDXL's `force_upcast` asks for up front.
     """
@@ -644,48 +777,46 @@ def decode_latents(loaded: LoadedModel, pipe, latents) -> list:
         raise DreamError(
             f"the model produced non-finite latents in {loaded.dtype} (an overflow): use --dtype bf16 or fp32"
         )
-    vae = pipe.vae
+    family = loaded.spec
+    vae = getattr(pipe, family.autoencoder)
     half = vae.dtype == torch.float16
-    if half and loaded.family == "sdxl" and vae.config.force_upcast:
+    if half and family.upcast_vae and getattr(vae.config, "force_upcast", False):
         loaded.vae_fp32 = True
+
+    def decode():
+        return family.decode(pipe, vae, latents, width, height)
+
     with torch.inference_mode():
         if half and loaded.vae_fp32:
-            pixels = _decode_in_fp32(vae, latents)
+            pixels = _in_fp32(vae, decode)
         else:
-            pixels = _decode(vae, latents)
+            pixels = decode()
             if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
                 loaded.vae_fp32 = True
-                pixels = _decode_in_fp32(vae, latents)
+                pixels = _in_fp32(vae, decode)
     if not torch.isfinite(pixels).all():
         raise DreamError("the VAE produced non-finite pixels even in fp32: the model's VAE weights look broken")
     if getattr(pipe, "watermark", None) is not None:  # what SDXL's pipeline does when it decodes itself
         pixels = pipe.watermark.apply_watermark(pixels)
-    images = pipe.image_processor.postprocess(pixels, output_type="pil")
-    if loaded.offload:
+    images = _postprocessor(pipe).postprocess(pixels.float(), output_type="pil")
+    if loaded.offload == "model":
         pipe.maybe_free_model_hooks()  # send the VAE back to the CPU, as the pipeline's own decode does
     return images
 
 
-def _decode(vae, latents):
-    # Undo the latent scaling the way the SD and SDXL pipelines do (SDXL-style VAEs may carry mean/std).
-    latents = latents.to(vae.dtype)
-    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-    if mean is not None and std is not None:
-        shape = (1, len(mean), 1, 1)
-        mean = torch.tensor(mean).view(shape).to(latents.device, latents.dtype)
-        std = torch.tensor(std).view(shape).to(latents.device, latents.dtype)
-        latents = latents * std / vae.config.scaling_factor + mean
-    else:
-        latents = latents / vae.config.scaling_factor
-    return vae.decode(latents, return_dict=False)[0]
+def _postprocessor(pipe):
+    # Kandinsky's pipelines have no image processor; pixels in [-1, 1] need the same steps everywhere.
+    from diffusers.image_processor import VaeImageProcessor
+
+    return getattr(pipe, "image_processor", None) or VaeImageProcessor()
 
 
-def _decode_in_fp32(vae, latents):
+def _in_fp32(vae, decode):
     # Back to the working dtype afterwards: image-to-image pipelines share this VAE and feed it half inputs.
     dtype = vae.dtype
     vae.to(dtype=torch.float32)
     try:
-        return _decode(vae, latents).float()
+        return decode().float()
     finally:
         vae.to(dtype=dtype)
 

@@ -11,6 +11,9 @@ from dreamcli.schedulers import SCHEDULERS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+# Memory options (memory.py applies them). "auto": on CUDA, what fits the free memory; "none": nothing.
+OFFLOADS = ("auto", "none", "model", "sequential", "group")
+QUANTIZES = ("auto", "none", "fp8", "nf4", "int8")
 FORMATS = ("png", "jpg", "webp")
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; the per-image offset must not overflow
 # Images are made one batch at a time, but every image of a request is planned (and, across processes,
@@ -127,7 +130,9 @@ class ModelOptions:
     loras: tuple[LoraRef, ...] = ()
     device: str = "auto"
     dtype: str = "auto"
-    offload: bool = False
+    offload: str | None = None  # None or "auto": chosen to fit on CUDA; "none" | "model" | "sequential" | "group"
+    quantize: str | None = None  # None or "auto": chosen to fit on CUDA; "none" | "fp8" | "nf4" | "int8"
+    no_t5: bool = False  # SD3 without its T5-XXL encoder (9.5 GB less; prompts lose some detail)
     vae_tiling: bool = False
     attention_slicing: bool = False
     allow_unsafe_pickle: bool = False
@@ -138,6 +143,7 @@ class ModelOptions:
     def __post_init__(self):
         if not self.model:
             raise InputError("no model given: pass -m/--model or --preset")
+        _normalize_memory(self)
         check_field_types(self)
         check_path_text("model", self.model)
         check_path_text("model-config", self.model_config)
@@ -151,6 +157,21 @@ class ModelOptions:
             raise InputError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
         if self.dtype not in DTYPES:
             raise InputError(f"unknown dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.quantize is not None and self.quantize not in QUANTIZES:
+            raise InputError(f"unknown quantize {shown(self.quantize)}: use one of {', '.join(QUANTIZES)}")
+
+
+def _normalize_memory(options: ModelOptions) -> None:
+    """offload was a switch: true still means "model" (config files, presets, records), false "none".
+    "auto" is stored as None, so that equal options compare equal."""
+    offload = options.offload
+    if isinstance(offload, bool):
+        offload = "model" if offload else "none"
+    elif offload is not None and offload not in OFFLOADS:
+        raise InputError(f"unknown offload {shown(offload)}: use one of {', '.join(OFFLOADS)} (or true / false)")
+    object.__setattr__(options, "offload", None if offload == "auto" else offload)
+    if options.quantize == "auto":
+        object.__setattr__(options, "quantize", None)
 
 
 def check_model(model) -> None:
@@ -287,7 +308,9 @@ def model_options_from(settings: dict) -> ModelOptions:
         loras=tuple(lora if isinstance(lora, LoraRef) else LoraRef.parse(lora) for lora in loras),
         device=settings.get("device") or "auto",
         dtype=settings.get("dtype") or "auto",
-        offload=_switch(settings, "offload"),
+        offload=settings.get("offload"),
+        quantize=settings.get("quantize"),
+        no_t5=_switch(settings, "no_t5"),
         vae_tiling=_switch(settings, "vae_tiling"),
         attention_slicing=_switch(settings, "attention_slicing"),
         allow_unsafe_pickle=_switch(settings, "allow_unsafe_pickle"),

@@ -45,6 +45,8 @@ def colorize(
     device: common.Device = None,
     dtype: common.Dtype = None,
     offload: common.Offload = None,
+    quantize: common.Quantize = None,
+    no_t5: common.NoT5 = None,
     vae_tiling: common.VaeTiling = None,
     attention_slicing: common.AttentionSlicing = None,
     compile: common.Compile = None,

@@ -81,7 +81,8 @@ Model = Annotated[str | None, typer.Option(
     "-m", "--model", help="Preset name, HF repo id, diffusers folder or .safetensors file.",
     rich_help_panel="Model")]
 Preset = Annotated[str | None, typer.Option(
-    "--preset", help="Settings bundle (sd15, sd21, sdxl, sdxl-turbo, demo, or your own).",
+    "--preset", help="Settings bundle (sd15, sd21, sdxl, sdxl-turbo, sd35-medium, sd35-large, flux-dev, flux-schnell, "
+    "pixart-sigma, kandinsky22, demo, or your own).",
     rich_help_panel="Model")]
 ModelConfig = Annotated[str | None, typer.Option(
     "--model-config", help="Diffusers folder or repo id whose configs fit a single-file checkpoint.",
@@ -94,8 +95,15 @@ Device = Annotated[str | None, typer.Option(
     "--device", help="auto | cpu | cuda[:N] | mps.", rich_help_panel="Hardware")]
 Dtype = Annotated[str | None, typer.Option(
     "--dtype", help="auto | fp32 | fp16 | bf16.", rich_help_panel="Hardware")]
-Offload = Annotated[bool | None, typer.Option(
-    "--offload/--no-offload", help="Keep idle components in CPU memory (small GPUs).",
+Offload = Annotated[str | None, typer.Option(
+    "--offload", help="Keep weights in CPU memory, moved in as needed: model (one model at a time), group "
+    "(blocks, prefetched), sequential (layer by layer, slowest), none; default auto: what fits the GPU.",
+    metavar="MODE", rich_help_panel="Hardware")]
+Quantize = Annotated[str | None, typer.Option(
+    "--quantize", help="Smaller denoiser weights: fp8 (any device), nf4 or int8 (CUDA + bitsandbytes, also T5), "
+    "none; default auto: fp8 on CUDA when that is what fits.", metavar="MODE", rich_help_panel="Hardware")]
+NoT5 = Annotated[bool | None, typer.Option(
+    "--no-t5", help="SD3 without its T5-XXL text encoder: 9.5 GB less, prompts lose some detail.",
     rich_help_panel="Hardware")]
 VaeTiling = Annotated[bool | None, typer.Option(
     "--vae-tiling/--no-vae-tiling", help="Decode in tiles (large images, less memory).",

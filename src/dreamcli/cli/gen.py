@@ -24,7 +24,7 @@ from dreamcli.requests import (
     model_options_from,
     shown,
 )
-from dreamcli.schedulers import scheduler_names
+from dreamcli.schedulers import fitting_families, scheduler_names
 
 DEMO_HINT = (
     "using the built-in demo model (coloured shapes only); for real pictures name a checkpoint: "
@@ -86,6 +86,8 @@ def image_settings(path: str, meta: dict) -> dict:
             "width": req.get("width"), "height": req.get("height"),
             "seed": record.get("seed"), "num_images": 1, "model": ref, "model_config": model.get("model_config"),
             "scheduler": model.get("scheduler"), "lora": model.get("loras"), "dtype": model.get("dtype"),
+            # Both change pixels: fp8 weights round, and SD3 without T5 sees less of the prompt.
+            "quantize": model.get("quantize"), "no_t5": model.get("no_t5"),
         }
         return {k: v for k, v in out.items() if v is not None}  # what is missing takes the usual default
     if meta["parameters"]:
@@ -258,7 +260,6 @@ def run_sharded(plan: GenPlan, as_json: bool, quiet: bool) -> int:
 
 def _load(plan: GenPlan, quiet: bool):
     """Load the first request's model (the cache serves the rest) and say what was loaded."""
-    from dreamcli.checkpoints import FAMILIES
     from dreamcli.engine import load_model
 
     first = plan.requests[0].model
@@ -266,8 +267,10 @@ def _load(plan: GenPlan, quiet: bool):
     loaded = load_model(first)
     if first.model.startswith("package:"):
         hint(DEMO_HINT, quiet)
+    if loaded.memory_reason:
+        hint(loaded.memory_reason, quiet)
     hint(
-        f"model {loaded.source.name} ({FAMILIES.get(loaded.family, loaded.family)}) "
+        f"model {loaded.source.name} ({loaded.spec.label}) "
         f"on {loaded.device}, {loaded.dtype}, "
         f"loaded in {time.perf_counter() - started:.1f} s",
         quiet,
@@ -342,6 +345,8 @@ def gen(
     device: common.Device = None,
     dtype: common.Dtype = None,
     offload: common.Offload = None,
+    quantize: common.Quantize = None,
+    no_t5: common.NoT5 = None,
     vae_tiling: common.VaeTiling = None,
     attention_slicing: common.AttentionSlicing = None,
     compile: common.Compile = None,
@@ -354,8 +359,10 @@ def gen(
 ) -> None:
     """Generate images from text prompts."""
     if scheduler == "list":
-        for name in scheduler_names():
-            emit(name)
+        from dreamcli.families import label
+
+        for name in scheduler_names():  # the name, a tab, and the families it fits
+            emit(f"{name}\t{', '.join(label(family) for family in fitting_families(name))}")
         return
     flags = {
         **shared_flags(locals()),  # the flags every generating command has, picked by name

@@ -28,8 +28,8 @@ DEMO_HINT = (
 
 SHARED_FLAGS = (
     "model", "preset", "model_config", "num_images", "seed", "steps", "guidance", "negative", "scheduler",
-    "lora", "outdir", "format", "device", "dtype", "offload", "vae_tiling", "attention_slicing",
-    "compile", "channels_last", "fuse_qkv", "allow_unsafe_pickle",
+    "lora", "outdir", "format", "device", "dtype", "offload", "quantize", "no_t5", "vae_tiling",
+    "attention_slicing", "compile", "channels_last", "fuse_qkv", "allow_unsafe_pickle",
 )
 
 

@@ -35,6 +35,9 @@ def info(
             emit(meta["parameters"] or "")
             record = meta["dreamcli"]
             if record:
+                from dreamcli.families import label
+
                 emit(f"Model path: {record.get('model_path', '')}")
+                emit(f"Model family: {label(record.get('family'))}")
                 emit(f"Device: {record.get('device')}, {record.get('dtype')}; "
                      + ", ".join(f"{k} {v}" for k, v in record.get("versions", {}).items()))

@@ -25,7 +25,9 @@ def a1111_parameters(record: dict) -> str:
     fields = {
         "Steps": req["num_inference_steps"],
         "Sampler": record.get("sampler", ""),
-        "CFG scale": f"{req['guidance_scale']:g}",
+        # Flux dev's guidance is an input of the model, not classifier-free: Forge's keys say so.
+        "CFG scale": f"{req['guidance_scale']:g}" if record.get("guidance", "cfg") == "cfg" else "1",
+        "Distilled CFG Scale": f"{req['guidance_scale']:g}" if record.get("guidance") == "distilled" else "",
         "CFG rescale": f"{req['guidance_rescale']:g}" if req.get("guidance_rescale") else "",
         "Seed": record["seed"],
         "Size": f"{record['width']}x{record['height']}",

@@ -86,7 +86,7 @@ def iter_colorize(request: ColorizeRequest, on_step: StepCallback | None = None)
         pipe, loaded = controlnet_pipeline(request)
     else:
         pipe, loaded = pipeline_for("img2img", request.model)
-    size = work_size(grey.size, native_size(pipe), request.width, request.height)
+    size = work_size(grey.size, native_size(loaded), request.width, request.height)
     check_work_size(size)
     first = base_seed(request.seed)
     for index in range(request.num_images):

@@ -72,6 +72,7 @@ def base_record(request, loaded, pipe, seed: int, index: int, image) -> dict:
         "model_path": loaded.source.location,
         "model_hash": loaded.model_hash(),
         "family": loaded.family,
+        "guidance": loaded.spec.guidance(loaded.pipe) if hasattr(loaded, "spec") else "cfg",
         "scheduler": request.model.scheduler or pipe.scheduler.__class__.__name__,
         "sampler": a1111_sampler_name(request.model.scheduler, pipe.scheduler.__class__.__name__),
         "device": loaded.device,
@@ -107,10 +108,11 @@ def check_requests(requests: Iterable[GenRequest], batch_size: int, images: int,
     its scheduler can take, and its size (the model's native one where unset) within the pixel limit, for
     one image and for a batch of them.
     """
-    from dreamcli.engine import load_model, make_scheduler
+    from dreamcli.engine import load_model, make_scheduler, pipeline_for
     from dreamcli.limits import check_pixels
     from dreamcli.requests import check_batch_pixels
     from dreamcli.schedulers import check_steps
+    from dreamcli.tasks.image_common import check_multiple, fit_call
 
     batch = max(1, min(batch_size, images))
     seen = set()
@@ -123,6 +125,9 @@ def check_requests(requests: Iterable[GenRequest], batch_size: int, images: int,
         check_steps(scheduler.config, request.num_inference_steps)
         width, height = _size(request, sizes)
         check_pixels(width, height, "the image")
+        pipe, loaded = pipeline_for("text2img", request.model)
+        check_multiple(loaded, width, height)
+        fit_call(pipe, loaded, _call_kwargs(request, width, height))  # refuses a flag this model ignores
         if batch > 1:
             check_batch_pixels(batch, width, height, "one batch", "lower --batch-size")
 
@@ -162,7 +167,7 @@ def iter_generate_jobs(
 def _generate(requests: list[GenRequest], jobs: Iterable[ImageJob], images: int, on_step: StepCallback | None,
               batch_size: int) -> Iterator[GenResult]:
     from dreamcli.engine import decode_latents, pipeline_for
-    from dreamcli.tasks.image_common import StepCounter, cpu_generator
+    from dreamcli.tasks.image_common import StepCounter, cpu_generator, fit_call, latents_of
 
     if batch_size < 1:
         raise InputError(f"batch-size {batch_size} is too small: use 1 or more")
@@ -172,23 +177,31 @@ def _generate(requests: list[GenRequest], jobs: Iterable[ImageJob], images: int,
         first = batch[0].request
         pipe, loaded = pipeline_for("text2img", first.model)
         width, height = sizes[first.model, first.width, first.height]
-        latents = pipe(
+        kwargs = _call_kwargs(first, width, height, len(batch))
+        kwargs.update(
             prompt=[job.request.prompt for job in batch],
-            # None, not "": SDXL uses zero embeddings for an empty negative prompt, as it was trained.
-            negative_prompt=[first.negative_prompt] * len(batch) if first.negative_prompt else None,
-            num_inference_steps=first.num_inference_steps,
-            guidance_scale=first.guidance_scale,
-            guidance_rescale=first.guidance_rescale,
-            width=width,
-            height=height,
             generator=[cpu_generator(job.seed) for job in batch],
-            callback_on_step_end=StepCounter(on_step),
-            output_type="latent",  # decoded here, so a half-precision VAE that overflows is re-run in fp32
-        ).images
-        images = decode_latents(loaded, pipe, latents)
+            **loaded.spec.progress(StepCounter(on_step), first.num_inference_steps),
+        )
+        latents = latents_of(pipe, fit_call(pipe, loaded, kwargs))
+        images = decode_latents(loaded, pipe, latents, width, height)
         for job, image in zip(batch, images, strict=True):
             record = make_record(job.request, loaded, pipe, job.seed, job.index, image, batch=len(batch))
             yield GenResult(image, job.seed, job.index, record)
+
+
+def _call_kwargs(request: GenRequest, width: int, height: int, count: int = 1) -> dict:
+    """The pipeline arguments a request sets (before fit_call keeps what the model's pipeline takes)."""
+    return {
+        "request": request,  # for fit_call: which settings the user changed
+        # None, not "": SDXL uses zero embeddings for an empty negative prompt, as it was trained.
+        "negative_prompt": [request.negative_prompt] * count if request.negative_prompt else None,
+        "num_inference_steps": request.num_inference_steps,
+        "guidance_scale": request.guidance_scale,
+        "guidance_rescale": request.guidance_rescale,
+        "width": width,
+        "height": height,
+    }
 
 
 def _batches(jobs: Iterable[ImageJob], batch_size: int, sizes: dict) -> Iterator[list[ImageJob]]:
@@ -218,12 +231,10 @@ def _size(request: GenRequest, sizes: dict) -> tuple[int, int]:
     key = (request.model, request.width, request.height)
     if key not in sizes:
         from dreamcli.engine import load_model
+        from dreamcli.tasks.image_common import native_size
 
-        pipe = load_model(request.model).pipe
-        native = pipe.unet.config.sample_size
-        native_h, native_w = native if isinstance(native, (list, tuple)) else (native, native)
-        sizes[key] = (request.width or native_w * pipe.vae_scale_factor,
-                      request.height or native_h * pipe.vae_scale_factor)
+        native = native_size(load_model(request.model))
+        sizes[key] = (request.width or native, request.height or native)
     return sizes[key]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,11 +46,9 @@ def source_name(source) -> str:
     return Path(source).stem if isinstance(source, (str, Path)) else "image"
 
 
-def native_size(pipe) -> int:
-    """The side in pixels the model was trained at (UNet sample size x VAE scale)."""
-    sample = pipe.unet.config.sample_size
-    sample = sample[0] if isinstance(sample, (list, tuple)) else sample
-    return int(sample) * int(pipe.vae_scale_factor)
+def native_size(loaded) -> int:
+    """The side in pixels the model was trained at (its family reads it off the loaded configs)."""
+    return int(loaded.spec.native(loaded.pipe))
 
 
 def round8(value: float) -> int:
@@ -115,9 +114,60 @@ def cpu_generator(seed: int):
     return torch.Generator("cpu").manual_seed(seed)
 
 
+# Call arguments a user sets with a flag: a pipeline that has no such argument refuses a value the user
+# changed from the request's default, instead of dropping it unsaid.
+FLAGS = {"negative_prompt": "--negative", "guidance_rescale": "--guidance-rescale", "strength": "--strength"}
+
+
+def fit_call(pipe, loaded, kwargs: dict) -> dict:
+    """The arguments this pipeline's __call__ takes, plus what the model's family adds (PixArt's caption
+    cleaning off, Kandinsky's prior steps, ...). An argument the pipeline lacks is left out, and refused when
+    the user set it."""
+    import inspect
+
+    family = loaded.spec
+    request = kwargs.pop("request", None)
+    defaults = {f.name: f.default for f in dataclasses.fields(request)} if request is not None else {}
+    kwargs = {**kwargs, **family.call_args(pipe, kwargs)}
+    accepted = inspect.signature(pipe.__call__).parameters
+    fitted = {}
+    for key, value in kwargs.items():
+        if key in accepted:
+            fitted[key] = value
+        elif key in FLAGS and getattr(request, key, None) != defaults.get(key):
+            raise InputError(
+                f"{FLAGS[key]} has no effect on {family.label} models ({type(pipe).__name__} takes no {key}): "
+                f"leave it out"
+            )
+    return fitted
+
+
+def latents_of(pipe, kwargs: dict):
+    """Run a pipeline to its latents (the engine decodes them, so a half VAE that overflows is re-run in fp32)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # Kandinsky's combined pipelines pass the deprecated `callback_steps` to their own parts.
+        warnings.filterwarnings("ignore", "`callback_steps` is deprecated", FutureWarning)
+        return pipe(output_type="latent", **kwargs).images
+
+
+def check_multiple(loaded, width: int, height: int) -> None:
+    """Refuse a size the model cannot draw exactly (a pipeline would silently round it)."""
+    step = loaded.spec.size_multiple(loaded.pipe)
+    for name, value in (("width", width), ("height", height)):
+        if value % step:
+            lower = max(step, value - value % step)
+            raise InputError(
+                f"{name} {value} does not suit {loaded.spec.label} models, which draw in blocks of {step} px: "
+                f"use {lower} or {lower + step}"
+            )
+
+
 def call_kwargs(request, prompt: str, seed: int, callback) -> dict:
     """The arguments every image-to-image diffusers call here shares (strength-based pipelines)."""
     return {
+        "request": request,  # for fit_call: which settings the user changed
         "prompt": prompt,
         "negative_prompt": request.negative_prompt or None,
         "strength": request.strength,
@@ -130,13 +180,27 @@ def call_kwargs(request, prompt: str, seed: int, callback) -> dict:
 
 def draw(pipe, loaded, **kwargs) -> Image.Image:
     """One diffusers call whose latents the engine decodes (a half-precision VAE that overflows is re-run
-    in fp32, so no black pictures)."""
+    in fp32, so no black pictures), returned at the asked width and height (the input's size by default).
+
+    The model draws at the nearest size it can (Flux works in 16-pixel blocks, Kandinsky in 64s).
+    """
     from dreamcli.engine import decode_latents
     from dreamcli.schedulers import check_steps
 
     check_steps(pipe.scheduler.config, kwargs["num_inference_steps"])  # a line, not diffusers' traceback
-    latents = pipe(output_type="latent", **kwargs).images
-    return decode_latents(loaded, pipe, latents)[0]
+    asked = (kwargs.pop("width", None) or kwargs["image"].width, kwargs.pop("height", None) or kwargs["image"].height)
+    step = loaded.spec.size_multiple(loaded.pipe)
+    width, height = (max(step, round(side / step) * step) for side in asked)
+    if (width, height) != kwargs["image"].size:
+        kwargs["image"] = kwargs["image"].resize((width, height), Image.Resampling.LANCZOS)
+        for key in ("mask_image", "control_image"):
+            if key in kwargs:
+                kwargs[key] = kwargs[key].resize((width, height), Image.Resampling.NEAREST)
+    counter = kwargs.pop("callback_on_step_end")
+    kwargs.update(loaded.spec.progress(counter, kwargs["num_inference_steps"]))
+    latents = latents_of(pipe, fit_call(pipe, loaded, {**kwargs, "width": width, "height": height}))
+    image = decode_latents(loaded, pipe, latents, width, height)[0]
+    return image if image.size == asked else image.resize(asked, Image.Resampling.LANCZOS)
 
 
 def sub_seed(seed: int, part: int) -> int:
@@ -153,10 +217,12 @@ class StepCounter:
 
     def __init__(self, on_step: StepCallback | None, calls: int = 1, steps: int | None = None):
         self.on_step, self.calls, self.steps, self.done = on_step, calls, steps, 0
+        self.steps_per_call: int | None = None  # set by a family whose pipeline counts only part of its steps
 
     def __call__(self, pipe, _step, _timestep, callback_kwargs):
         """diffusers' callback_on_step_end."""
-        total = max(1, self.calls * (getattr(pipe, "num_timesteps", None) or self.steps or 1))
+        per_call = self.steps_per_call or getattr(pipe, "num_timesteps", None) or self.steps or 1
+        total = max(1, self.calls * per_call)
         self.done = min(self.done + 1, total)
         if self.on_step is not None:
             self.on_step(self.done, total)

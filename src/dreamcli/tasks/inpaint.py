@@ -71,7 +71,7 @@ def iter_inpaint(request: InpaintRequest, on_step: StepCallback | None = None) -
     soft, notes = prepare_mask(request, original.size)
     hard = model_mask(soft)
     pipe, loaded = pipeline_for("inpaint", request.model)
-    size = work_size(original.size, native_size(pipe), request.width, request.height)
+    size = work_size(original.size, native_size(loaded), request.width, request.height)
     check_work_size(size)
     first = base_seed(request.seed)
     for index in range(request.num_images):

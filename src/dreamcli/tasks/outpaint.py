@@ -102,7 +102,7 @@ def iter_outpaint(request: OutpaintRequest, on_step: StepCallback | None = None)
             + f" (output {final_size[0]}x{final_size[1]})"
         )
     pipe, loaded = pipeline_for("inpaint", request.model)
-    native = native_size(pipe)
+    native = native_size(loaded)
     passes = plan_passes(original.size, margins, native)
     first = base_seed(request.seed)
     for index in range(request.num_images):

@@ -79,6 +79,7 @@ def load_x4_upscaler(request: UpscaleRequest) -> _X4Model:
     """Load diffusers' StableDiffusionUpscalePipeline once per process (it is not a text-to-image model,
     so the engine's AutoPipeline loader does not apply)."""
     import diffusers
+    import transformers
 
     from dreamcli.engine import DTYPES, cached_snapshot, dtype_kwargs, pick_device, pick_dtype, resolve_model
 
@@ -92,6 +93,7 @@ def load_x4_upscaler(request: UpscaleRequest) -> _X4Model:
         if source.kind == "hub" and source.revision is not None:
             location = str(cached_snapshot(source.location))
         diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars are not for our stderr
         pipe = diffusers.StableDiffusionUpscalePipeline.from_pretrained(location, **dtype_kwargs(DTYPES[dtype]))
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
@@ -101,8 +103,10 @@ def load_x4_upscaler(request: UpscaleRequest) -> _X4Model:
     # A fresh scheduler per request, from the model's own config, as the engine does for the others.
     base = loaded.pipe.own_scheduler_config
     if options.scheduler:
-        from dreamcli.schedulers import SCHEDULERS
+        from dreamcli import families
+        from dreamcli.schedulers import SCHEDULERS, check_fits
 
+        check_fits(options.scheduler, families.get("sd2"))  # the x4 upscaler is an SD 2.x-style UNet
         spec = SCHEDULERS[options.scheduler]
         loaded.pipe.scheduler = getattr(diffusers, spec.class_name).from_config(base, **spec.overrides)
     else:
@@ -186,7 +190,7 @@ def iter_upscale(request: UpscaleRequest, on_step: StepCallback | None = None) -
             yield ImageResult(image, seed, index, record)
         return
     pipe, loaded = pipeline_for("img2img", request.model)
-    tile, overlap = tile_geometry(request, native_size(pipe), target)
+    tile, overlap = tile_geometry(request, native_size(loaded), target)
     tiles = len(tile_boxes(target, (tile, tile), overlap))
     for index in range(request.num_images):
         seed = first + index

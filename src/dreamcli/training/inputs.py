@@ -13,7 +13,6 @@ from dreamcli.requests import TuneConfig
 from dreamcli.training import rundir
 
 FEW_IMAGES = 3  # DreamBooth works from 3-5 photos; fewer usually gives a copy of one photo
-NATIVE_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024}  # single files and hub repos without configs
 
 
 @dataclass
@@ -110,7 +109,23 @@ def native_resolution(source) -> int:
             return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
         except (OSError, KeyError, ValueError, TypeError):
             pass
-    return NATIVE_SIZES.get(source.family or "sd1", 512)
+    from dreamcli import families
+
+    return families.get(source.family or "sd1").native_size  # single files and hub repos without configs
+
+
+def check_tunable(family_name: str | None) -> None:
+    """Refuse a model family `dream tune` cannot train yet, naming it (a hub model not yet downloaded is
+    checked once its pipeline tells the family)."""
+    from dreamcli import families
+
+    if family_name is None:
+        return
+    family = families.get(family_name)
+    if not family.tunable:
+        tunable = " and ".join(families.label(n) for n in families.DISPLAY_ORDER if families.get(n).tunable)
+        raise InputError(f"dream tune supports {tunable} models for now, not {family.label}: use an SD 1.x or "
+                         "SD 2.x model")
 
 
 def run_record(config: TuneConfig) -> dict:
@@ -178,10 +193,7 @@ def check_inputs(config: TuneConfig) -> TuneInputs:
     source = resolve_model(config.model, config.allow_unsafe_pickle)
     if pick_device(config.device) == "cpu" and config.mixed_precision == "fp16":
         raise InputError("--mixed-precision fp16 needs a GPU: use bf16 or no on the CPU")
-    if source.family == "sdxl":
-        raise InputError(
-            "dream tune supports Stable Diffusion 1.x and 2.x models for now, not SDXL: use an SD1/SD2 model"
-        )
+    check_tunable(source.family)
     resolution = config.resolution or native_resolution(source)
     instance, warnings = check_instance_images(config.instance_data_dir, resolution)
     class_images = []

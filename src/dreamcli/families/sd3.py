@@ -1,0 +1,56 @@
+"""Stable Diffusion 3 and 3.5: an MMDiT transformer, CLIP-L + CLIP-G + T5-XXL, flow matching, 1024 px."""
+
+from __future__ import annotations
+
+from dreamcli.families import Family
+from dreamcli.families.common import decode_vae, has_any, patch_multiple, transformer_native
+
+CLASSES = frozenset({"StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"})
+ORIGINAL = "model.diffusion_model."  # Stability AI's single files
+
+
+def claims_keys(keys) -> bool:
+    """SAI layout (`joint_blocks`, bare or under model.diffusion_model.), or a diffusers-layout SD3 transformer."""
+    if has_any(keys, "joint_blocks.", ORIGINAL + "joint_blocks."):
+        return True
+    return "context_embedder.weight" in keys and "pos_embed.proj.weight" in keys and not has_any(keys, "adaln_single.")
+
+
+def variant(keys) -> str:
+    """SD 3.5 Medium has a second attention in its image blocks (MMDiT-X); 3.5 Large normalises q and k."""
+    if any(".x_block.attn2." in key or ".attn2." in key for key in keys):
+        return "sd35-medium"
+    if any(".x_block.attn.ln_k." in key or ".attn.norm_k." in key for key in keys):
+        return "sd35-large"
+    return ""
+
+
+FAMILY = Family(
+    name="sd3",
+    label="SD3",
+    index_classes=CLASSES,
+    pipelines={
+        "text2img": "StableDiffusion3Pipeline",
+        "img2img": "StableDiffusion3Img2ImgPipeline",
+        "inpaint": "StableDiffusion3InpaintPipeline",
+    },
+    config_repos={
+        "": "stabilityai/stable-diffusion-3-medium-diffusers",
+        "sd35-medium": "stabilityai/stable-diffusion-3.5-medium",
+        "sd35-large": "stabilityai/stable-diffusion-3.5-large",
+    },
+    native_size=1024,
+    denoiser="transformer",
+    t5_optional=True,  # its pipeline encodes zeros in T5's place (StableDiffusion3Pipeline._get_t5_prompt_embeds)
+    denoiser_class="SD3Transformer2DModel",
+    # Stability's all-in-one files carry the encoders; sd3.5_large.safetensors and the like do not.
+    whole_file=lambda keys: has_any(keys, "text_encoders."),
+    schedulers="flow",
+    lora_kind="SD3",
+    claims_folder=lambda index, folder: index.get("_class_name") in CLASSES,
+    claims_keys=claims_keys,
+    variant=variant,
+    decode=decode_vae,
+    native=transformer_native,
+    size_multiple=patch_multiple,
+)
