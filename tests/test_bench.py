@@ -68,7 +68,7 @@ def test_ratios_and_roofline_come_from_the_measured_numbers(quick_run):
         assert ratios["batch"][batch]["s_per_image"] == pytest.approx(
             theirs["batch"][batch]["s_per_image"] / ours["batch"][batch]["s_per_image"])
     # With guidance the UNet sees twice the batch; FLOPs grow exactly with it.
-    flops = model["unet_flops_per_step"]
+    flops = model["denoiser_flops_per_step"]
     assert flops["2"] == 2 * flops["1"] > 0
     run = ours["batch"]["2"]
     assert run["roofline"] == pytest.approx(flops["2"] * run["it_per_s"] / 1e12 / data["matmul_peak"]["tflops"])
@@ -232,3 +232,187 @@ def test_step_clock_times_steps_2_to_n_once_even_when_the_last_step_repeats(monk
     for done in (1, 2, 3, 3):  # PNDM: one callback more than steps, the last number repeated
         clock(done, 3)
     assert clock.rate() == 1.0  # 2 steps in 2 s; the repeated report at 99 s is not counted
+
+
+# ---------------------------------------------------------------- SD3 and Flux shapes
+
+
+@pytest.fixture(scope="module")
+def transformer_run(tmp_path_factory):
+    """`dream bench --fp8` on the tiny SD3 and Flux shapes: both paths, plain and with fp8 weights, batches 1 and 2."""
+    from typer.testing import CliRunner
+
+    from dreamcli.cli import app
+
+    root = tmp_path_factory.mktemp("bench-dit")
+    out = root / "results.json"
+    args = ["bench", "--shapes", "tiny-sd3,tiny-flux", "--no-cli", "--fp8", "--steps", "3", "--warmup", "0",
+            "--batch-sizes", "1,2", "--device", "cpu", "--workdir", str(root / "work"), "-o", str(out)]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    return result, json.loads(out.read_text())
+
+
+def test_tiny_transformer_shapes_run_through_every_path(transformer_run):
+    _, data = transformer_run
+    models = {m["shape"]: m for m in data["models"]}
+    assert list(models) == ["tiny-sd3", "tiny-flux"]
+    # The plain-diffusers path takes the pipeline class the family registry names.
+    expected = (("tiny-sd3", "sd3", "StableDiffusion3Pipeline"), ("tiny-flux", "flux", "FluxPipeline"))
+    for name, family, pipeline in expected:
+        model = models[name]
+        assert (model["family"], model["denoiser"], model["width"], model["height"]) == (family, "transformer", 32, 32)
+        assert model["dtype"] == "fp32"  # bf16 replaces only fp16, and only on a GPU
+        paths = model["paths"]
+        assert set(paths) == {"diffusers", "dreamcli", "diffusers+fp8", "dreamcli+fp8"}
+        assert paths["diffusers"]["pipeline"] == paths["diffusers+fp8"]["pipeline"] == pipeline
+        for label, path in paths.items():
+            # fp8 paths keep the transformer's weights in fp8 (computing in the run's dtype), the others don't.
+            assert path["weights"] == ("float8_e4m3fn" if label.endswith("+fp8") else "float32"), label
+            assert set(path["batch"]) == {"1", "2"}
+            for run in path["batch"].values():
+                assert run["it_per_s"] > 0 and run["s_per_image"] > 0 and run["peak_gb"] is None
+
+
+def test_fp8_paths_are_compared_with_fp8_diffusers(transformer_run):
+    result, data = transformer_run
+    model = data["models"][1]
+    ratios, paths = model["ratios"], model["paths"]
+    assert {label: r["baseline"] for label, r in ratios.items()} == {
+        "dreamcli": "diffusers", "diffusers+fp8": "diffusers", "dreamcli+fp8": "diffusers+fp8"}
+    ours, theirs = paths["dreamcli+fp8"]["batch"]["2"], paths["diffusers+fp8"]["batch"]["2"]
+    assert ratios["dreamcli+fp8"]["batch"]["2"]["it_per_s"] == pytest.approx(ours["it_per_s"] / theirs["it_per_s"])
+    lines = result.stdout.splitlines()
+    assert sum("dreamcli+fp8 vs diffusers+fp8: b1: it/s" in line for line in lines) == 2  # once per shape
+    rows = [line.split() for line in lines if line.startswith("tiny-flux ")]
+    assert [(r[1], r[2]) for r in rows][-2:] == [("dreamcli+fp8", "1"), ("dreamcli+fp8", "2")]
+
+
+def test_transformer_flops_count_a_second_pass_only_for_cfg(transformer_run):
+    """SD3 runs classifier-free guidance (two rows per image); Flux dev's guidance is an input, one row."""
+    from dreamcli.bench.roofline import denoiser_flops
+
+    _, data = transformer_run
+    for model in data["models"]:
+        flops = {int(b): f for b, f in model["denoiser_flops_per_step"].items()}
+        assert flops[2] == 2 * flops[1] > 0
+        size = (model["width"], model["height"])
+        unguided = denoiser_flops(model["folder"], model["family"], (1,), size, guidance_scale=1.0)[1]
+        assert flops[1] == (2 * unguided if model["family"] == "sd3" else unguided), model["shape"]
+        run = model["paths"]["dreamcli"]["batch"]["1"]
+        assert run["roofline"] == pytest.approx(flops[1] * run["it_per_s"] / 1e12 / data["matmul_peak"]["tflops"])
+
+
+def _millions(module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+def test_sd35_medium_and_flux_dev_have_the_published_sizes(tmp_path):
+    """Built as the bench builds them, on the meta device (no memory): SD3.5 Medium's 2.5 B and Flux.1 dev's 12 B
+    transformers, their VAE and CLIPs, and T5-XXL cut to 2 layers but otherwise as published."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    from dreamcli.bench.shapes import SHAPES, T5_XXL, build_pipeline, make_tokenizer
+
+    tokenizer = make_tokenizer(tmp_path)
+    sd3 = build_pipeline(SHAPES["sd35-medium"], tokenizer, "meta", torch.bfloat16)
+    flux = build_pipeline(SHAPES["flux-dev"], tokenizer, "meta", torch.bfloat16)
+    assert (type(sd3).__name__, type(flux).__name__) == ("StableDiffusion3Pipeline", "FluxPipeline")
+    assert sd3.transformer.dtype == flux.transformer.dtype == torch.bfloat16  # made in bf16, not cast from fp32
+    # 2.24 B parameters, plus the 384 x 384 x 1536 positional table its checkpoint stores: 2.47 B, "2.5 B".
+    assert 2200 < _millions(sd3.transformer) < 2600
+    assert 2400 < sum(t.numel() for t in sd3.transformer.state_dict().values()) / 1e6 < 2600
+    assert 11500 < _millions(flux.transformer) < 12500  # 11.90 B
+    for pipe in (sd3, flux):  # SD's VAE widened to 16 latent channels, without the quant convs
+        assert round(_millions(pipe.vae), 1) == 83.8 and pipe.vae_scale_factor == 8
+    # SD3 reads both CLIPs' pooled (projected) embeddings, Flux only CLIP-L's plain pooled output.
+    assert [round(_millions(e), 1) for e in (sd3.text_encoder, sd3.text_encoder_2, flux.text_encoder)] \
+        == [123.7, 694.7, 123.1]
+    with torch.device("meta"):  # T5-XXL as published is 4.76 B; the shapes keep everything but the layer count
+        assert round(_millions(T5EncoderModel(T5Config(**T5_XXL))) / 1000, 2) == 4.76
+    for pipe, t5 in ((sd3, sd3.text_encoder_3), (flux, flux.text_encoder_2)):
+        assert {k: v for k, v in t5.config.to_dict().items() if k in T5_XXL and T5_XXL[k] != v} == {"num_layers": 2}
+        assert t5.config.d_model == pipe.transformer.config.joint_attention_dim  # the width the transformer reads
+
+
+@pytest.fixture(scope="module")
+def full_size_configs(tmp_path_factory):
+    """The configs of the sd35-medium and flux-dev folders (what the FLOP counter reads), written on meta."""
+    import diffusers
+    import torch
+
+    from dreamcli.bench.shapes import SHAPES
+
+    folders = {}
+    for name, cls in (("sd35-medium", diffusers.SD3Transformer2DModel), ("flux-dev", diffusers.FluxTransformer2DModel)):
+        folder = folders[name] = tmp_path_factory.mktemp(name)
+        with torch.device("meta"):
+            cls(**SHAPES[name].transformer).save_config(folder / "transformer")
+            diffusers.AutoencoderKL(**SHAPES[name].vae).save_config(folder / "vae")
+        (folder / "tokenizer").mkdir()
+        (folder / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
+    return folders
+
+
+def test_flux_dev_flops_per_step_at_1024_px(full_size_configs):
+    """74 TFLOP per image and step: 57 blocks over 4096 image + 512 text tokens, 3072 wide.
+
+    Each block costs 24 D^2 per token in its linear layers and 4 T^2 D in attention. The rule of thumb
+    2 x parameters x tokens says 110 TFLOP: about a quarter of Flux's weights (the modulations) act once per image, and
+    each token passes through only its own stream's weights in the 19 double blocks.
+    """
+    from dreamcli.bench.roofline import denoiser_flops, native_size
+
+    folder = full_size_configs["flux-dev"]
+    assert native_size(folder, 1024) == (1024, 1024)
+    # Guidance-distilled: one pass per image at any scale (the tiny shapes' test checks the count's arithmetic).
+    flops = denoiser_flops(folder, "flux", (1,), (1024, 1024), guidance_scale=3.5)[1]
+    width, tokens = 3072, 64 * 64 + 512
+    assert flops == pytest.approx(57 * (24 * width**2 * tokens + 4 * tokens**2 * width), rel=0.005)
+
+
+def test_sd35_medium_flops_per_step_at_1024_px(full_size_configs):
+    """11.2 TFLOP per pass at 1024 px (4096 image tokens, 77 CLIP + 256 T5 text tokens); CFG runs two passes."""
+    from dreamcli.bench.roofline import denoiser_flops, native_size
+
+    folder = full_size_configs["sd35-medium"]
+    assert native_size(folder) == (1024, 1024)  # sample size 128 x the VAE's 8
+    image, text, width = 64 * 64, 77 + 256, 1536
+    tokens = image + text
+    joint = 24 * width**2 * tokens + 4 * tokens**2 * width  # 24 blocks: linear layers and joint attention
+    dual = 8 * width**2 * image + 4 * image**2 * width  # blocks 0-12: a second attention over the image alone
+    last = 18 * width**2 * text  # the last block keeps only the text's q, k and v
+    embed = 2 * 4096 * width * text + 4 * 64 * width * image  # text in, patches in and out
+    expected = 24 * joint + 13 * dual - last + embed
+    assert denoiser_flops(folder, "sd3", (1,), (1024, 1024), guidance_scale=4.5)[1] == pytest.approx(
+        2 * expected, rel=0.005)
+
+
+def test_a_denoiser_without_a_flop_count_says_na(tmp_path):
+    """PixArt's transformer is not counted: no FLOPs, no roofline, and the table says n/a."""
+    from dreamcli.bench.report import table
+    from dreamcli.bench.roofline import denoiser_flops
+    from dreamcli.bench.runner import add_roofline
+
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps({"_class_name": "PixArtTransformer2DModel"}))
+    assert denoiser_flops(tmp_path, "pixart", (1,), (1024, 1024), 4.5) is None
+    result = {"load_s": 1.0, "batch": {"1": {"it_per_s": 2.0, "s_per_image": 0.5, "peak_gb": None}}}
+    add_roofline(result, None, 100.0)
+    assert result["batch"]["1"]["denoiser_tflops"] is None and result["batch"]["1"]["roofline"] is None
+    results = {"meta": {"device": "cpu", "device_name": "x", "dtype": "fp32", "date": "2026", "versions": {
+        "torch": "t", "diffusers": "d", "dreamcli": "c"}}, "settings": {"steps": 3, "guidance_scale": 4.5},
+        "models": [{"shape": "pixart", "dtype": "fp32", "denoiser_flops_per_step": None,
+                    "paths": {"diffusers": result}, "ratios": {}}], "targets": []}
+    (row,) = [line.split() for line in table(results).splitlines() if line.startswith("pixart")]
+    assert row[1:3] == ["diffusers", "1"] and row[-2:] == ["-", "n/a"]
+
+
+def test_sd35_and_flux_run_in_bf16_on_a_gpu_where_the_run_is_fp16():
+    from dreamcli.bench.settings import shape_dtype
+
+    assert shape_dtype("flux-dev", "cuda", "fp16") == shape_dtype("sd35-medium", "cuda:1", "fp16") == "bf16"
+    assert shape_dtype("sdxl", "cuda", "fp16") == "fp16"  # published in fp16 too
+    assert shape_dtype("flux-dev", "cuda", "fp32") == "fp32"  # what the user asked for beyond half precision
+    assert shape_dtype("flux-dev", "cpu", "fp16") == "fp16"

@@ -30,6 +30,22 @@ def peak_gb(device: str) -> float | None:
     return None
 
 
+FP8 = "float8_e4m3fn"  # fp8 storage: diffusers' layerwise casting keeps weights in it, computes in the run's dtype
+
+
+def cast_to_fp8(model, compute_dtype) -> None:
+    """Store the denoiser's weights in fp8 and upcast each layer's for its own call (diffusers' layerwise casting)."""
+    model.enable_layerwise_casting(storage_dtype=getattr(torch, FP8), compute_dtype=compute_dtype)
+
+
+def weight_dtype(model) -> str:
+    """The dtype the denoiser's linear weights are stored in (norms may stay wider under fp8 storage)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            return str(module.weight.dtype).removeprefix("torch.")
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 def release(device: str) -> None:
     """Give memory back between measurements, so one path's leftovers never count in the next one's peak."""
     gc.collect()
@@ -40,13 +56,15 @@ def release(device: str) -> None:
 class DreamcliPath:
     """dreamcli's own path: engine.load_model, then tasks.iter_generate, as `dream gen` runs them."""
 
-    def __init__(self, folder: Path | str, device: str, dtype: str, offload: bool = False, compile: bool = False):
+    def __init__(self, folder: Path | str, device: str, dtype: str, offload: bool = False, compile: bool = False,
+                 fp8: bool = False):
         from dreamcli.requests import ModelOptions
 
-        self.device = device
+        self.device, self.dtype, self.fp8 = device, dtype, fp8
         self.options = ModelOptions(model=str(folder), device=device, dtype=dtype, offload=offload, compile=compile)
         self.loaded = None
-        self.name = "dreamcli" + ("+compile" if compile else "") + ("+offload" if offload else "")
+        self.name = "dreamcli" + ("+compile" if compile else "") + ("+offload" if offload else "") + \
+            ("+fp8" if fp8 else "")
 
     def load(self) -> float:
         """Load the model from disk (the process cache emptied first); returns seconds."""
@@ -57,6 +75,10 @@ class DreamcliPath:
         sync(self.device)
         started = time.perf_counter()
         self.loaded = engine.load_model(self.options)
+        if self.fp8:
+            # The fast paths first: fused projections are new layers, which casting set up earlier would miss.
+            engine.pipeline_for("text2img", self.options)
+            cast_to_fp8(self.loaded.denoiser, engine.DTYPES[self.dtype])
         sync(self.device)
         return time.perf_counter() - started
 
@@ -75,7 +97,8 @@ class DreamcliPath:
 
         if self.loaded is None:
             return {}
-        return {"fast_paths": fast_paths(self.loaded), "compile_seconds": self.loaded.compile_seconds}
+        return {"fast_paths": fast_paths(self.loaded), "compile_seconds": self.loaded.compile_seconds,
+                "weights": weight_dtype(self.loaded.denoiser)}
 
     def close(self) -> None:
         from dreamcli import engine
@@ -88,13 +111,16 @@ class DreamcliPath:
 
 
 class DiffusersPath:
-    """Plain diffusers: the family's pipeline class, from_pretrained in the dtype, default attention."""
+    """Plain diffusers: the family's text-to-image pipeline class (from the registry), from_pretrained in the dtype,
+    default attention; with fp8, the denoiser's weights stored in fp8 as diffusers' docs show."""
 
-    name = "diffusers"
+    def __init__(self, folder: Path | str, family: str, device: str, dtype: str, fp8: bool = False):
+        from dreamcli import families
 
-    def __init__(self, folder: Path | str, family: str, device: str, dtype: str):
-        self.folder, self.family, self.device, self.dtype = str(folder), family, device, dtype
+        self.folder, self.device, self.dtype, self.fp8 = str(folder), device, dtype, fp8
+        self.family = families.get(family)
         self.pipe = None
+        self.name = "diffusers" + ("+fp8" if fp8 else "")
 
     def load(self) -> float:
         """Load the pipeline from disk and move it to the device; returns seconds."""
@@ -102,11 +128,13 @@ class DiffusersPath:
 
         from dreamcli.engine import DTYPES, dtype_kwargs
 
-        cls = diffusers.StableDiffusionXLPipeline if self.family == "sdxl" else diffusers.StableDiffusionPipeline
+        cls = getattr(diffusers, self.family.pipeline_class("text2img"))
         release(self.device)
         sync(self.device)
         started = time.perf_counter()
         pipe = cls.from_pretrained(self.folder, **dtype_kwargs(DTYPES[self.dtype]))
+        if self.fp8:  # before the move: the weights travel to the device in fp8
+            cast_to_fp8(getattr(pipe, self.family.denoiser), DTYPES[self.dtype])
         pipe.to(self.device)
         sync(self.device)
         seconds = time.perf_counter() - started
@@ -129,11 +157,13 @@ class DiffusersPath:
         return len(images)
 
     def details(self) -> dict:
-        """The attention processors diffusers chose by default."""
+        """The pipeline class, the attention processors diffusers chose by default, the weights' storage dtype."""
         if self.pipe is None:
             return {}
-        processors = sorted({type(p).__name__ for p in self.pipe.unet.attn_processors.values()})
-        return {"attention": "+".join(processors)}
+        denoiser = getattr(self.pipe, self.family.denoiser)
+        processors = sorted({type(p).__name__ for p in denoiser.attn_processors.values()})
+        return {"pipeline": type(self.pipe).__name__, "attention": "+".join(processors),
+                "weights": weight_dtype(denoiser)}
 
     def close(self) -> None:
         self.pipe = None

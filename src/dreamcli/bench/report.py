@@ -107,21 +107,24 @@ def table(results: dict) -> str:
     if results["models"]:
         s = results["settings"]
         lines.append(f"{s['steps']} steps per timed run (step 1 not timed), guidance {s['guidance_scale']:g}; "
-                     "roofline = UNet FLOPs per step x it/s / matmul peak")
-        lines.append(f"{'shape':10} {'path':19} {'batch':>5} {'load s':>7} {'it/s':>7} {'s/image':>8} "
-                     f"{'peak GB':>8} {'UNet TFLOP/s':>12} {'roofline':>9}")
+                     "roofline = denoiser (UNet or transformer) FLOPs per step x it/s / matmul peak")
+        lines.append(f"{'shape':12} {'path':19} {'batch':>5} {'load s':>7} {'it/s':>7} {'s/image':>8} "
+                     f"{'peak GB':>8} {'TFLOP/s':>8} {'roofline':>9}")
     for model in results["models"]:
+        if model["dtype"] != meta["dtype"]:
+            lines.append(f"{model['shape']:12} runs in {model['dtype']} (published in it)")
+        counted = model["denoiser_flops_per_step"] is not None  # None: a denoiser whose FLOPs are not counted
         for label, result in model["paths"].items():
             for batch, run in result["batch"].items():
-                roof = "-" if run["roofline"] is None else f"{run['roofline'] * 100:.1f}%"
-                lines.append(f"{model['shape']:10} {label:19} {batch:>5} {num(result['load_s']):>7} "
+                roof = "n/a" if not counted else "-" if run["roofline"] is None else f"{run['roofline'] * 100:.1f}%"
+                lines.append(f"{model['shape']:12} {label:19} {batch:>5} {num(result['load_s']):>7} "
                              f"{num(run['it_per_s']):>7} {num(run['s_per_image']):>8} {num(run['peak_gb']):>8} "
-                             f"{num(run['unet_tflops']):>12} {roof:>9}")
+                             f"{num(run['denoiser_tflops']):>8} {roof:>9}")
         for label, cmp in model["ratios"].items():
             parts = [f"b{b}: it/s {num(r['it_per_s'])}x, s/image {num(r['s_per_image'])}x"
                      + (f", memory {num(r['peak_memory'])}x" if r["peak_memory"] is not None else "")
                      for b, r in cmp["batch"].items()]
-            lines.append(f"{'':10} {label} vs diffusers: " + "; ".join(parts)
+            lines.append(f"{'':12} {label} vs {cmp.get('baseline', 'diffusers')}: " + "; ".join(parts)
                          + f"; load {num(cmp['load_speedup'])}x")
     cli = results.get("cli")
     if cli:

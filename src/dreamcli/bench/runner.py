@@ -19,8 +19,8 @@ except ImportError:  # Windows: no CPU time of child processes to read
 
 from dreamcli import engine  # noqa: F401  (first: it quiets diffusers' and transformers' import-time chatter)
 from dreamcli.bench.paths import DiffusersPath, DreamcliPath, peak_gb, reset_peak, sync
-from dreamcli.bench.roofline import matmul_peak, native_size, unet_flops
-from dreamcli.bench.settings import BenchConfig, is_full_size
+from dreamcli.bench.roofline import denoiser_flops, matmul_peak, native_size
+from dreamcli.bench.settings import BenchConfig, is_full_size, shape_dtype
 from dreamcli.bench.shapes import SHAPES, saved_shape
 
 Note = Callable[[str], None]
@@ -48,7 +48,7 @@ class StepClock:
             self.last = time.perf_counter()
 
     def rate(self) -> float:
-        """Denoising steps (UNet calls) per second over steps 2..N, N as the pipeline counted them."""
+        """Denoising steps (denoiser calls) per second over steps 2..N, N as the pipeline counted them."""
         return (self.total - 1) / (self.last - self.first)
 
 
@@ -95,12 +95,13 @@ def warm_page_cache(folder: Path) -> None:
                     pass
 
 
-def add_roofline(result: dict, flops: dict[int, int], peak_tflops: float | None) -> None:
-    """UNet TFLOP/s achieved in each run (FLOPs per step x steps per second) and its fraction of the peak."""
+def add_roofline(result: dict, flops: dict[int, int] | None, peak_tflops: float | None) -> None:
+    """Denoiser TFLOP/s achieved in each run (FLOPs per step x steps per second) and its fraction of the peak;
+    None where the denoiser's FLOPs are not counted."""
     for batch, run in result["batch"].items():
-        achieved = flops[int(batch)] * run["it_per_s"] / 1e12
-        run["unet_tflops"] = achieved
-        run["roofline"] = achieved / peak_tflops if peak_tflops else None
+        achieved = flops[int(batch)] * run["it_per_s"] / 1e12 if flops else None
+        run["denoiser_tflops"] = achieved
+        run["roofline"] = achieved / peak_tflops if achieved is not None and peak_tflops else None
 
 
 def ratio(top: float | None, bottom: float | None) -> float | None:
@@ -108,9 +109,15 @@ def ratio(top: float | None, bottom: float | None) -> float | None:
     return top / bottom if top is not None and bottom else None
 
 
-def compare(ours: dict, theirs: dict) -> dict:
-    """dreamcli against diffusers, each ratio above 1 where dreamcli is better, except memory (below 1)."""
-    out = {"load_speedup": ratio(theirs["load_s"], ours["load_s"]), "batch": {}}
+def baseline(label: str, labels) -> str:
+    """What a path is compared with: plain diffusers, in fp8 too where the path stores weights in fp8."""
+    return "diffusers+fp8" if label.endswith("+fp8") and label != "diffusers+fp8" and "diffusers+fp8" in labels \
+        else "diffusers"
+
+
+def compare(ours: dict, theirs: dict, against: str = "diffusers") -> dict:
+    """A path against its baseline, each ratio above 1 where the path is better, except memory (below 1)."""
+    out = {"baseline": against, "load_speedup": ratio(theirs["load_s"], ours["load_s"]), "batch": {}}
     for batch, run in ours["batch"].items():
         base = theirs["batch"].get(batch)
         if base is not None:
@@ -124,29 +131,38 @@ def compare(ours: dict, theirs: dict) -> dict:
 
 def measure_model(name: str, s: BenchConfig, workdir: Path, peak_tflops: float | None, note: Note) -> dict:
     """Every path on one shape; ratios and roofline fractions computed from the measured numbers."""
+    from dreamcli import families
     from dreamcli.engine import folder_family
 
     if is_full_size(name) and not s.device.startswith("cuda"):
         note(f"{name}: a full-size model on a CPU takes seconds per step; fewer --steps keep it short")
+    dtype = shape_dtype(name, s.device, s.dtype)
+    if dtype != s.dtype:
+        note(f"{name}: runs in {dtype}, as the model is published (fp16 overflows its T5 encoder)")
     if name in SHAPES:
-        note(f"{name}: building or reusing its {s.dtype} folder under {workdir}")
-    folder = saved_shape(name, workdir, s.dtype, s.device)
+        note(f"{name}: building or reusing its {dtype} folder under {workdir}")
+    folder = saved_shape(name, workdir, dtype, s.device)
     family = folder_family(folder)
-    size = native_size(folder)
-    flops = unet_flops(folder, s.batch_sizes, size, s.guidance_scale)
+    size = native_size(folder, SHAPES[name].size if name in SHAPES else None)
+    flops = denoiser_flops(folder, family, s.batch_sizes, size, s.guidance_scale)
     warm_page_cache(folder)
     paths = [
-        (DiffusersPath(folder, family, s.device, s.dtype), s.batch_sizes),
-        (DreamcliPath(folder, s.device, s.dtype), s.batch_sizes),
+        (DiffusersPath(folder, family, s.device, dtype), s.batch_sizes),
+        (DreamcliPath(folder, s.device, dtype), s.batch_sizes),
     ]
+    if s.fp8 and families.get(family).denoiser == "transformer":
+        paths.append((DiffusersPath(folder, family, s.device, dtype, fp8=True), s.batch_sizes))
+        paths.append((DreamcliPath(folder, s.device, dtype, fp8=True), s.batch_sizes))
     if s.compile:
-        paths.append((DreamcliPath(folder, s.device, s.dtype, compile=True), s.batch_sizes))
+        paths.append((DreamcliPath(folder, s.device, dtype, compile=True), s.batch_sizes))
     if s.offload and s.device != "cpu":  # dreamcli ignores offloading on a CPU: nothing to offload to
-        paths.append((DreamcliPath(folder, s.device, s.dtype, offload=True), (min(s.batch_sizes),)))
+        paths.append((DreamcliPath(folder, s.device, dtype, offload=True), (min(s.batch_sizes),)))
     entry = {
         "shape": name, "description": SHAPES[name].description if name in SHAPES else "built-in demo model",
-        "family": family, "folder": str(folder), "width": size[0], "height": size[1],
-        "unet_flops_per_step": {str(b): f for b, f in flops.items()}, "paths": {}, "ratios": {},
+        "family": family, "dtype": dtype, "folder": str(folder), "width": size[0], "height": size[1],
+        "denoiser": families.get(family).denoiser,
+        "denoiser_flops_per_step": None if flops is None else {str(b): f for b, f in flops.items()},
+        "paths": {}, "ratios": {},
     }
     for path, batches in paths:
         result = measure_path(path, s, size, batches, lambda text: note(f"{name} {text}"))
@@ -154,7 +170,8 @@ def measure_model(name: str, s: BenchConfig, workdir: Path, peak_tflops: float |
         entry["paths"][path.name] = result
     for label, result in entry["paths"].items():
         if label != "diffusers":
-            entry["ratios"][label] = compare(result, entry["paths"]["diffusers"])
+            against = baseline(label, entry["paths"])
+            entry["ratios"][label] = compare(result, entry["paths"][against], against)
     return entry
 
 
@@ -188,7 +205,7 @@ def meta(s: BenchConfig, workdir: Path) -> dict:
     }
 
 
-def quiet_libraries() -> None:
+def quiet_libraries(shapes: tuple[str, ...] = ()) -> None:
     """No library progress bars on stderr, and both paths' pipeline code imported before any load is timed.
 
     diffusers imports its pipeline modules on first use: without this, whichever path loads first
@@ -197,9 +214,12 @@ def quiet_libraries() -> None:
     import diffusers
     import transformers
 
+    from dreamcli import families
+
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    for name in ("AutoPipelineForText2Image", "StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+    names = {SHAPES[name].family if name in SHAPES else "sd1" for name in shapes}  # the demo model is an SD 1.x
+    for name in ["AutoPipelineForText2Image"] + [families.get(family).pipeline_class("text2img") for family in names]:
         getattr(diffusers, name)
 
 
@@ -211,8 +231,8 @@ def run_bench(config: BenchConfig, workdir: Path, note: Note) -> dict:
 
     started = time.perf_counter()
     device = pick_device(config.device)
-    quiet_libraries()
     s = config.resolved(device, pick_dtype(config.dtype, device))
+    quiet_libraries(s.shapes)
     results = {"meta": meta(s, workdir), "settings": s.to_dict(), "matmul_peak": None, "models": [], "cli": None}
     if s.shapes:
         cuda = device.startswith("cuda")

@@ -9,13 +9,14 @@ from dreamcli.errors import InputError
 from dreamcli.requests import ModelOptions
 
 # Full-size shapes are the point on a GPU; on a CPU one SD1.5 step takes seconds, so they run only when asked.
+# sd35-medium and flux-dev run only when named: their bf16 folders take about 8 and 25 GB of disk.
 GPU_DEFAULTS = {"shapes": ("demo", "sd15", "sd21", "sdxl"), "steps": 20, "warmup_steps": 2, "batch_sizes": (1, 8),
-                "compile": True, "offload": True, "loop_prompts": 10, "runs": 3, "cli_steps": None}
+                "compile": True, "offload": True, "fp8": True, "loop_prompts": 10, "runs": 3, "cli_steps": None}
 CPU_DEFAULTS = {"shapes": ("demo", "tiny-sd", "tiny-sdxl"), "steps": 5, "warmup_steps": 1, "batch_sizes": (1, 8),
-                "compile": False, "offload": False, "loop_prompts": 10, "runs": 3, "cli_steps": None}
+                "compile": False, "offload": False, "fp8": False, "loop_prompts": 10, "runs": 3, "cli_steps": None}
 # --quick: what CI runs, under 2 minutes on two shared CPU cores (start-up of each `dream` dominates).
 QUICK_DEFAULTS = {"shapes": ("tiny-sd", "demo"), "steps": 3, "warmup_steps": 1, "batch_sizes": (1, 2),
-                  "compile": False, "offload": False, "loop_prompts": 3, "runs": 1, "cli_steps": 2}
+                  "compile": False, "offload": False, "fp8": False, "loop_prompts": 3, "runs": 1, "cli_steps": 2}
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] | None = None
     compile: bool | None = None  # also time dreamcli with --compile
     offload: bool | None = None  # also time dreamcli with --offload (batch 1)
+    fp8: bool | None = None  # also time both paths with the transformer's weights stored in fp8
     cli: bool = True  # wall times of `dream` commands (CPU)
     loop_prompts: int | None = None  # prompts in the shell loop vs --prompts comparison
     runs: int | None = None  # repeats of each short command (the median counts)
@@ -94,5 +96,11 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def is_full_size(name: str) -> bool:
-    """True for the shapes with real-model sizes (sd15, sd21, sdxl)."""
+    """True for the shapes with real-model sizes (sd15, sd21, sdxl, sd35-medium, flux-dev)."""
     return name in SHAPES and SHAPES[name].full_size
+
+
+def shape_dtype(name: str, device: str, dtype: str) -> str:
+    """The dtype a shape runs in: the run's, except fp16 on a GPU for shapes published in bf16 (SD3.5, Flux)."""
+    half = SHAPES[name].half if name in SHAPES else None
+    return half if half and dtype == "fp16" and device.startswith("cuda") else dtype

@@ -18,8 +18,9 @@ def bench(
     device: common.Device = None,
     dtype: common.Dtype = None,
     shapes: Annotated[str | None, typer.Option(
-        "--shapes", help="Comma-separated: demo, sd15, sd21, sdxl, tiny-sd, tiny-sdxl, or none. "
-        "Default: demo,sd15,sd21,sdxl on a GPU; demo,tiny-sd,tiny-sdxl on a CPU.")] = None,
+        "--shapes", help="Comma-separated: demo, sd15, sd21, sdxl, sd35-medium, flux-dev, tiny-sd, tiny-sdxl, "
+        "tiny-sd3, tiny-flux, or none. Default: demo,sd15,sd21,sdxl on a GPU; demo,tiny-sd,tiny-sdxl on a CPU. "
+        "sd35-medium and flux-dev (bf16 on a GPU; about 8 and 25 GB of disk) run only when named.")] = None,
     steps: Annotated[int | None, typer.Option(
         "--steps", help="Denoising steps per timed run (step 1 is not timed). Default 20 GPU, 5 CPU.")] = None,
     warmup: Annotated[int | None, typer.Option(
@@ -31,6 +32,9 @@ def bench(
     offload: Annotated[bool | None, typer.Option(
         "--offload/--no-offload",
         help="Also time dreamcli with --offload, smallest batch (default: on a GPU).")] = None,
+    fp8: Annotated[bool | None, typer.Option(
+        "--fp8/--no-fp8", help="Also time SD3 and Flux shapes with the transformer's weights stored in fp8 "
+        "(diffusers' layerwise casting), through both paths (default: on a GPU).")] = None,
     cli: Annotated[bool, typer.Option(
         "--cli/--no-cli", help="Also time dream --help, a demo dream gen, and a shell loop vs --prompts.")] = True,
     loop_prompts: Annotated[int | None, typer.Option(
@@ -46,7 +50,7 @@ def bench(
     json_out: Annotated[bool, typer.Option("--json", help="Print the JSON results instead of the table.")] = False,
     quiet: common.Quiet = False,
 ) -> None:
-    """Benchmark generation: dreamcli vs plain diffusers on SD1.5/SD2.1/SDXL-shaped models, plus CLI wall times."""
+    """Benchmark generation: dreamcli vs plain diffusers on models shaped like SD1.5 to Flux, plus CLI wall times."""
     with user_errors():
         from dreamcli.bench.settings import BenchConfig, parse_batch_sizes, parse_shapes
 
@@ -54,7 +58,7 @@ def bench(
             device=device or "auto", dtype=dtype or "auto",
             shapes=None if shapes is None else parse_shapes(shapes), steps=steps, warmup_steps=warmup,
             batch_sizes=None if batch_sizes is None else parse_batch_sizes(batch_sizes),
-            compile=compile, offload=offload, cli=cli, loop_prompts=loop_prompts, runs=runs, quick=quick,
+            compile=compile, offload=offload, fp8=fp8, cli=cli, loop_prompts=loop_prompts, runs=runs, quick=quick,
         )
         out = out or Path(f"dream-bench-{time.strftime('%Y%m%d-%H%M%S')}.json")
         if out.is_dir():
