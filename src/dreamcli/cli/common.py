@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import inspect
 import os
 import sys
 from typing import Annotated
@@ -139,3 +141,41 @@ Format = Annotated[str | None, typer.Option(
 Json = Annotated[bool, typer.Option(
     "--json", help="One JSON object per image on stdout.", rich_help_panel="Output")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or hints.", rich_help_panel="Output")]
+
+
+# The flags every generating command (gen, inpaint, outpaint, colorize, upscale) has, in --help order,
+# declared once: `with_shared_flags` adds them to a command. name -> (declaration, default).
+SHARED_FLAGS = {
+    "model": (Model, None), "preset": (Preset, None), "model_config": (ModelConfig, None),
+    "num_images": (NumImages, None), "seed": (Seed, None), "steps": (Steps, None), "guidance": (Guidance, None),
+    "negative": (Negative, None), "scheduler": (Scheduler, None), "lora": (Lora, None), "outdir": (Outdir, None),
+    "format": (Format, None), "device": (Device, None), "dtype": (Dtype, None), "offload": (Offload, None),
+    "quantize": (Quantize, None), "no_t5": (NoT5, None), "vae_tiling": (VaeTiling, None),
+    "attention_slicing": (AttentionSlicing, None), "compile": (Compile, None), "channels_last": (ChannelsLast, None),
+    "fuse_qkv": (FuseQkv, None), "allow_unsafe_pickle": (AllowUnsafePickle, None),
+}
+OUTPUT_FLAGS = {"json_out": (Json, False), "quiet": (Quiet, False)}  # passed by name: every command reads them
+
+
+def with_shared_flags(command):
+    """Give a Typer command the shared flags without repeating their declarations.
+
+    Typer reads a command's parameters through inspect.signature, so the wrapper's signature lists the
+    command's own parameters, then SHARED_FLAGS and OUTPUT_FLAGS. The command receives the shared flags
+    as one dict, `flags` (None where not given), and `json_out` and `quiet` by name.
+    """
+    own = inspect.signature(command, eval_str=True)
+    kept = [p for p in own.parameters.values() if p.name != "flags" and p.name not in OUTPUT_FLAGS]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=declaration)
+             for name, (declaration, default) in {**SHARED_FLAGS, **OUTPUT_FLAGS}.items()]
+    signature = own.replace(parameters=kept + added)
+
+    @functools.wraps(command)
+    def wrapper(**arguments):
+        flags = {name: arguments.pop(name) for name in SHARED_FLAGS}
+        flags["lora"] = flags["lora"] or None  # Typer gives [] for a list option never used
+        return command(flags=flags, **arguments)
+
+    wrapper.__signature__ = signature
+    wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return wrapper

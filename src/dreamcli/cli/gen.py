@@ -12,7 +12,6 @@ import typer
 
 from dreamcli.cli import common
 from dreamcli.cli.common import console, emit, hint, user_errors
-from dreamcli.cli.image_common import shared_flags
 from dreamcli.config import merge_settings
 from dreamcli.errors import InputError
 from dreamcli.requests import (
@@ -319,53 +318,32 @@ def _json_line(path: Path, record: dict) -> dict:
     }
 
 
+@common.with_shared_flags
 def gen(
     prompts: Annotated[list[str] | None, typer.Argument(help="Prompts; each makes -n images.")] = None,
     prompts_file: Annotated[str | None, typer.Option(
         "--prompts", help="File with one prompt (or JSON object) per line; - reads stdin.")] = None,
     from_image: Annotated[str | None, typer.Option(
         "--from", help="Re-make an image from its metadata (flags given here override).")] = None,
-    model: common.Model = None,
-    preset: common.Preset = None,
-    model_config: common.ModelConfig = None,
-    num_images: common.NumImages = None,
-    seed: common.Seed = None,
-    steps: common.Steps = None,
-    guidance: common.Guidance = None,
     guidance_rescale: Annotated[float | None, typer.Option(
         "--guidance-rescale", help="0-1: pull strong guidance back to the prompt's own contrast (0.7 for "
         "v-prediction models such as SD 2.x-v and the demo; default 0).")] = None,
-    negative: common.Negative = None,
     width: common.Width = None,
     height: common.Height = None,
-    scheduler: common.Scheduler = None,
-    lora: common.Lora = None,
-    outdir: common.Outdir = None,
-    format: common.Format = None,
-    device: common.Device = None,
-    dtype: common.Dtype = None,
-    offload: common.Offload = None,
-    quantize: common.Quantize = None,
-    no_t5: common.NoT5 = None,
-    vae_tiling: common.VaeTiling = None,
-    attention_slicing: common.AttentionSlicing = None,
-    compile: common.Compile = None,
-    channels_last: common.ChannelsLast = None,
-    fuse_qkv: common.FuseQkv = None,
     batch_size: common.BatchSize = None,
-    allow_unsafe_pickle: common.AllowUnsafePickle = None,
-    json_out: common.Json = False,
-    quiet: common.Quiet = False,
+    flags: dict | None = None,  # the shared flags: see common.with_shared_flags
+    json_out: bool = False,
+    quiet: bool = False,
 ) -> None:
     """Generate images from text prompts."""
-    if scheduler == "list":
+    if flags["scheduler"] == "list":
         from dreamcli.families import label
 
         for name in scheduler_names():  # the name, a tab, and the families it fits
             emit(f"{name}\t{', '.join(label(family) for family in fitting_families(name))}")
         return
     flags = {
-        **shared_flags(locals()),  # the flags every generating command has, picked by name
+        **flags,  # the flags every generating command has
         "guidance_rescale": guidance_rescale, "width": width, "height": height, "batch_size": batch_size,
     }
     with user_errors():

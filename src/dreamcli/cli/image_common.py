@@ -26,18 +26,6 @@ DEMO_HINT = (
 )
 
 
-SHARED_FLAGS = (
-    "model", "preset", "model_config", "num_images", "seed", "steps", "guidance", "negative", "scheduler",
-    "lora", "outdir", "format", "device", "dtype", "offload", "quantize", "no_t5", "vae_tiling",
-    "attention_slicing", "compile", "channels_last", "fuse_qkv", "allow_unsafe_pickle",
-)
-
-
-def shared_flags(arguments: dict) -> dict:
-    """The flags every generating command has, picked from a command's arguments (None where not given)."""
-    return {k: (arguments[k] or None) if k == "lora" else arguments[k] for k in SHARED_FLAGS}
-
-
 def task_settings(flags: dict, task_model_key: str | None = None) -> tuple[dict, str | None]:
     """Merge flags, preset, user config and defaults; a preset's task model (e.g. `inpaint_model`)
     replaces its base model unless the command line names a model itself."""
@@ -153,5 +141,5 @@ def slug_text(prompt: str, task: str, image: str) -> str:
     return prompt.strip() or f"{task} {Path(image).stem}"
 
 
-__all__ = ["MaxPixels", "Strength", "ImageArg", "shared_flags", "task_settings", "build_request",
+__all__ = ["MaxPixels", "Strength", "ImageArg", "task_settings", "build_request",
            "output_target", "run_task", "slug_text"]

@@ -14,12 +14,12 @@ from dreamcli.cli.image_common import (
     build_request,
     output_target,
     run_task,
-    shared_flags,
     slug_text,
     task_settings,
 )
 
 
+@common.with_shared_flags
 def inpaint(
     image: ImageArg,
     prompt: Annotated[str, typer.Argument(help="What to paint in the masked area.")] = "",
@@ -29,41 +29,18 @@ def inpaint(
         "--mask-blur", help="Feather the mask's edge by this many pixels (default 4).")] = None,
     invert_mask: Annotated[bool, typer.Option("--invert-mask", help="Repaint the black area instead.")] = False,
     strength: Strength = None,
-    model: common.Model = None,
-    preset: common.Preset = None,
-    model_config: common.ModelConfig = None,
-    num_images: common.NumImages = None,
-    seed: common.Seed = None,
-    steps: common.Steps = None,
-    guidance: common.Guidance = None,
-    negative: common.Negative = None,
     width: Annotated[int | None, typer.Option(
         "-W", "--width", help="Width the model works at (default: the picture's shape at the model's size).")] = None,
     height: Annotated[int | None, typer.Option(
         "-H", "--height", help="Height the model works at (multiple of 8).")] = None,
-    scheduler: common.Scheduler = None,
-    lora: common.Lora = None,
-    outdir: common.Outdir = None,
-    format: common.Format = None,
-    device: common.Device = None,
-    dtype: common.Dtype = None,
-    offload: common.Offload = None,
-    quantize: common.Quantize = None,
-    no_t5: common.NoT5 = None,
-    vae_tiling: common.VaeTiling = None,
-    attention_slicing: common.AttentionSlicing = None,
-    compile: common.Compile = None,
-    channels_last: common.ChannelsLast = None,
-    fuse_qkv: common.FuseQkv = None,
-    allow_unsafe_pickle: common.AllowUnsafePickle = None,
-    json_out: common.Json = False,
-    quiet: common.Quiet = False,
+    flags: dict | None = None,  # the shared flags: see common.with_shared_flags
+    json_out: bool = False,
+    quiet: bool = False,
 ) -> None:
     """Repaint the masked area of IMAGE from PROMPT; everything outside the mask is kept exactly."""
     from dreamcli.requests import InpaintRequest
     from dreamcli.tasks.inpaint import iter_inpaint
 
-    flags = shared_flags(locals())  # the shared flags, picked by name from the arguments
     with user_errors():
         settings, used_preset = task_settings(flags, "inpaint_model")
         request = build_request(

@@ -15,7 +15,6 @@ from dreamcli.cli.image_common import (
     build_request,
     output_target,
     run_task,
-    shared_flags,
     slug_text,
     task_settings,
 )
@@ -25,6 +24,7 @@ def _margin(name: str, what: str):
     return Annotated[int | None, typer.Option(f"--{name}", help=f"Pixels to add {what} (rounded up to 8).")]
 
 
+@common.with_shared_flags
 def outpaint(
     image: ImageArg,
     prompt: Annotated[str, typer.Argument(help="What the wider picture shows.")] = "",
@@ -36,37 +36,14 @@ def outpaint(
         "--all", help="Pixels to add on every side (a side's own flag wins).")] = None,
     strength: Strength = None,
     max_pixels: MaxPixels = None,
-    model: common.Model = None,
-    preset: common.Preset = None,
-    model_config: common.ModelConfig = None,
-    num_images: common.NumImages = None,
-    seed: common.Seed = None,
-    steps: common.Steps = None,
-    guidance: common.Guidance = None,
-    negative: common.Negative = None,
-    scheduler: common.Scheduler = None,
-    lora: common.Lora = None,
-    outdir: common.Outdir = None,
-    format: common.Format = None,
-    device: common.Device = None,
-    dtype: common.Dtype = None,
-    offload: common.Offload = None,
-    quantize: common.Quantize = None,
-    no_t5: common.NoT5 = None,
-    vae_tiling: common.VaeTiling = None,
-    attention_slicing: common.AttentionSlicing = None,
-    compile: common.Compile = None,
-    channels_last: common.ChannelsLast = None,
-    fuse_qkv: common.FuseQkv = None,
-    allow_unsafe_pickle: common.AllowUnsafePickle = None,
-    json_out: common.Json = False,
-    quiet: common.Quiet = False,
+    flags: dict | None = None,  # the shared flags: see common.with_shared_flags
+    json_out: bool = False,
+    quiet: bool = False,
 ) -> None:
     """Extend IMAGE by the given margins; the original pixels are kept exactly."""
     from dreamcli.requests import OutpaintRequest
     from dreamcli.tasks.outpaint import iter_outpaint
 
-    flags = shared_flags(locals())  # the shared flags, picked by name from the arguments
     sides = {name: value if value is not None else (all_sides or 0)
              for name, value in (("left", left), ("right", right), ("top", top), ("bottom", bottom))}
     with user_errors():

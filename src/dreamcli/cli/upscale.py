@@ -15,12 +15,12 @@ from dreamcli.cli.image_common import (
     build_request,
     output_target,
     run_task,
-    shared_flags,
     slug_text,
     task_settings,
 )
 
 
+@common.with_shared_flags
 def upscale(
     image: ImageArg,
     prompt: Annotated[str, typer.Argument(help="What the picture shows (optional; guides new detail).")] = "",
@@ -33,37 +33,14 @@ def upscale(
         "--noise-level", help="x4 upscaler only: noise added to the input (default 20).")] = None,
     strength: Strength = None,
     max_pixels: MaxPixels = None,
-    model: common.Model = None,
-    preset: common.Preset = None,
-    model_config: common.ModelConfig = None,
-    num_images: common.NumImages = None,
-    seed: common.Seed = None,
-    steps: common.Steps = None,
-    guidance: common.Guidance = None,
-    negative: common.Negative = None,
-    scheduler: common.Scheduler = None,
-    lora: common.Lora = None,
-    outdir: common.Outdir = None,
-    format: common.Format = None,
-    device: common.Device = None,
-    dtype: common.Dtype = None,
-    offload: common.Offload = None,
-    quantize: common.Quantize = None,
-    no_t5: common.NoT5 = None,
-    vae_tiling: common.VaeTiling = None,
-    attention_slicing: common.AttentionSlicing = None,
-    compile: common.Compile = None,
-    channels_last: common.ChannelsLast = None,
-    fuse_qkv: common.FuseQkv = None,
-    allow_unsafe_pickle: common.AllowUnsafePickle = None,
-    json_out: common.Json = False,
-    quiet: common.Quiet = False,
+    flags: dict | None = None,  # the shared flags: see common.with_shared_flags
+    json_out: bool = False,
+    quiet: bool = False,
 ) -> None:
     """Enlarge IMAGE by --scale; an x4-upscaler preset uses it, any other model a tiled upscaler."""
     from dreamcli.requests import UpscaleRequest
     from dreamcli.tasks.upscale import iter_upscale
 
-    flags = shared_flags(locals())  # the shared flags, picked by name from the arguments
     with user_errors():
         settings, used_preset = task_settings(flags, "upscale_model")
         request = build_request(
