@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import pixels
@@ -438,3 +439,25 @@ def test_kandinsky_progress_counts_prior_and_decoder_steps(families):
 def test_progress_counts_the_steps_asked_for(families, name):
     # PixArt-Σ's pipeline has only the old `callback(step, timestep, latents)`.
     assert _steps_seen(families[name], 2) == [(1, 2), (2, 2)]
+
+
+def test_a_cached_hub_id_and_a_prompt_file_work_for_a_new_family(fgen, families, tmp_path):
+    # conftest put the tiny schnell folder in the HF cache under this repo id: no download, no network.
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# two prompts, one model load\na red circle\n{\"prompt\": \"a blue square\", \"seed\": 9}\n")
+    paths = made(fgen("tiny-org/tiny-flux-schnell", "--prompts", prompts, prompt=None)[0])
+    assert len(paths) == 2
+    records = [record_of(path) for path in paths]
+    assert [r["family"] for r in records] == ["flux", "flux"]
+    assert [r["request"]["prompt"] for r in records] == ["a red circle", "a blue square"]
+    assert records[1]["seed"] == 9 and records[0]["model"] == "tiny-org/tiny-flux-schnell"
+
+
+def test_a_controlnet_file_given_as_the_model_is_named(fgen, tmp_path):
+    from safetensors.torch import save_file
+
+    net = tmp_path / "control_canny.safetensors"
+    save_file({"control_model.input_hint_block.0.weight": torch.zeros(4, 3, 3, 3)}, str(net))
+    result, _ = fgen(str(net))
+    assert result.exit_code == 2
+    assert "control_canny.safetensors is a ControlNet, not a base model" in result.stderr

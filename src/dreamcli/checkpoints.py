@@ -106,10 +106,16 @@ def check_single_file(path: Path, allow_unsafe_pickle: bool) -> str:
         return _pickle_family(path)
     if suffix not in (".safetensors", ".gguf"):
         raise InputError(f"{path} is not a model file: give a .safetensors checkpoint or a diffusers folder")
-    family = detect_family(file_keys(path))
+    keys = file_keys(path)
+    family = detect_family(keys)
     if family is None:
-        from dreamcli.families import supported
+        from dreamcli.families import UnsupportedModel, supported
 
+        if any(key.startswith(("control_model.", "controlnet_cond_embedding.")) for key in keys):
+            raise UnsupportedModel(
+                f"{path.name} is a ControlNet, not a base model, which dream cannot run as -m: dream runs "
+                f"{supported()} models"
+            )
         raise InputError(
             f"{path.name} is not a model checkpoint dream knows (its tensor names match none of {supported()}); "
             "if it is a LoRA, pass it with --lora"
