@@ -95,13 +95,16 @@ def test_class_dir_with_unreadable_files_is_refused(tune_cli, tmp_path):
     assert not outdir.exists()
 
 
-def test_sdxl_is_refused_clearly(cli, tiny, tmp_path):
-    result = cli("tune", "-m", tiny["sdxl"], "--images", subject_images(tmp_path / "s"), "--class", "shape",
+@pytest.mark.parametrize("model, label", [("sdxl", "SDXL"), ("flux-dev", "Flux.1"), ("sd3", "SD3")])
+def test_untunable_families_are_refused_by_name(cli, tiny, families, tmp_path, model, label):
+    path = tiny[model] if model in tiny else families[model]  # Flux and SD3 were once called "SDXL" here
+    result = cli("tune", "-m", path, "--images", subject_images(tmp_path / "s"), "--class", "shape",
                  "-o", tmp_path / "run")
     assert result.exit_code == 2
     assert one_error_line(result) == (
-        "error: dream tune supports SD 1.x and SD 2.x models for now, not SDXL: use an SD 1.x or SD 2.x model"
+        f"error: dream tune supports SD 1.x and SD 2.x models for now, not {label}: use an SD 1.x or SD 2.x model"
     )
+    assert not (tmp_path / "run").exists()
 
 
 def test_warnings_for_few_and_small_images_do_not_stop(tiny, tmp_path):
