@@ -12,11 +12,16 @@ pytest.importorskip("gguf")
 
 
 @pytest.fixture(scope="module")
-def flux_gguf(families, tmp_path_factory):
+def gguf_files(families, tmp_path_factory):
+    """The tiny Flux dev and SD3 transformers as Q8_0 GGUF files (diffusers key names, as city96's are)."""
     import tiny_families as tf
 
-    state = load_file(families["flux-transformer-file"])
-    return tf.save_gguf(state, tmp_path_factory.mktemp("gguf") / "flux-dev-Q8_0.gguf")
+    root = tmp_path_factory.mktemp("gguf")
+    sd3 = load_file(str(Path(families["sd3"]) / "transformer" / "diffusion_pytorch_model.safetensors"))
+    return {
+        "flux-dev": tf.save_gguf(load_file(families["flux-transformer-file"]), root / "flux-dev-Q8_0.gguf"),
+        "sd3": tf.save_gguf(sd3, root / "sd3-Q8_0.gguf"),
+    }
 
 
 def run(cli, model, outdir, *args):
@@ -24,19 +29,20 @@ def run(cli, model, outdir, *args):
                *args)
 
 
-def test_q8_gguf_flux_draws_close_to_the_full_precision_folder(cli, families, flux_gguf, tmp_path):
-    # The file holds the transformer alone: encoders and VAE come from the cached FLUX.1-dev configs.
-    result = run(cli, flux_gguf, tmp_path / "gguf")
+@pytest.mark.parametrize("name, label", [("flux-dev", "Flux.1"), ("sd3", "SD3")])
+def test_q8_gguf_draws_close_to_the_full_precision_folder(cli, families, gguf_files, tmp_path, name, label):
+    # The file holds the transformer alone: encoders and VAE come from the family's cached reference repo.
+    result = run(cli, gguf_files[name], tmp_path / "gguf")
     assert result.exit_code == 0, result.output
-    folder = run(cli, families["flux-dev"], tmp_path / "folder")
+    folder = run(cli, families[name], tmp_path / "folder")
     assert folder.exit_code == 0, folder.output
     quantised, full = pixels(written(tmp_path / "gguf")[0]), pixels(written(tmp_path / "folder")[0])
     assert quantised.shape == full.shape == (32, 32, 3)
     diff = np.abs(quantised.astype(int) - full.astype(int))
     assert diff.mean() < 2 and diff.max() <= 16  # Q8_0 keeps 8 bits per weight: the picture barely moves
     info = cli("info", str(written(tmp_path / "gguf")[0]))
-    assert "Model family: Flux.1" in info.stdout
-    assert f"Model path: {Path(flux_gguf).resolve()}" in info.stdout
+    assert f"Model family: {label}" in info.stdout
+    assert f"Model path: {Path(gguf_files[name]).resolve()}" in info.stdout
 
 
 def test_a_broken_gguf_file_is_one_line(cli, tmp_path):
