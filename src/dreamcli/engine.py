@@ -541,7 +541,15 @@ def _load_lora(loaded: LoadedModel, lora: LoraRef, location: str, weight_name: s
 
                 load_adapter(loaded.denoiser, Path(location) / weight_name, name)
             else:
-                loaded.pipe.load_lora_weights(location, weight_name=weight_name, adapter_name=name)
+                kohya = None
+                if loaded.family == "sd3" and weight_name is not None:  # diffusers has no kohya SD3 converter
+                    from dreamcli.lora_convert import read_kohya_sd3
+
+                    kohya = read_kohya_sd3(Path(location) / weight_name, f"LoRA {lora.path}")
+                if kohya is not None:
+                    loaded.pipe.load_lora_weights(kohya, adapter_name=name)
+                else:
+                    loaded.pipe.load_lora_weights(location, weight_name=weight_name, adapter_name=name)
     except (MemoryError, torch.OutOfMemoryError, LoraMismatch):
         raise  # the machine's limit, not the file's fault
     except OSError as e:
