@@ -277,7 +277,8 @@ def test_dream_gen_takes_a_kohya_sd3_lora_file(sd3, cli, tmp_path):
     sd3.save_pretrained(folder)
     lora = _random_lora(_lora_targets(sd3.transformer), seed=4)
     kohya_file = tmp_path / "civitai-sd3.safetensors"
-    save_file({k: v.clone().contiguous() for k, v in _kohya_transformer(sd3.transformer, lora).items()}, str(kohya_file))
+    kohya = _kohya_transformer(sd3.transformer, lora)
+    save_file({k: v.clone().contiguous() for k, v in kohya.items()}, str(kohya_file))
     diffusers_dir = tmp_path / "diffusers-lora"
     diffusers_dir.mkdir()
     save_file({k: v.clone().contiguous() for k, v in _peft(lora, "transformer").items()},  # q, k, v share A
