@@ -461,3 +461,11 @@ def test_a_controlnet_file_given_as_the_model_is_named(fgen, tmp_path):
     result, _ = fgen(str(net))
     assert result.exit_code == 2
     assert "control_canny.safetensors is a ControlNet, not a base model" in result.stderr
+
+
+def test_sd3_refuses_a_size_past_its_position_grid(fgen, families, tmp_path):
+    # The tiny SD3's grid: pos_embed_max_size 16 x patch 2 x VAE 2 = 64 px; diffusers raises a ValueError beyond.
+    result, outdir = fgen(families["sd3"], "-W", 128, "-H", 64)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: 128x64 is larger than SD3 models draw: use at most 64 px a side"
+    assert not outdir.exists() or not list(outdir.iterdir())

@@ -75,6 +75,8 @@ GOOD = {
     "offload": st.sampled_from([None, True, False, "auto", "none", "model", "sequential", "group"]),
     "quantize": st.sampled_from([None, "auto", "none", "fp8", "nf4", "int8"]), "no_t5": SWITCH,
     "vae_tiling": SWITCH, "attention_slicing": SWITCH, "allow_unsafe_pickle": SWITCH,
+    "hires": st.sampled_from([None, 0, 1, 1.5, 2]), "hires_upscaler": st.sampled_from(["latent", "Lanczos"]),
+    "hires_strength": st.floats(0.05, 1), "hires_steps": st.sampled_from([None, 10, 30]),
     "compile": SWITCH, "channels_last": SWITCH, "fuse_qkv": SWITCH,
 }
 

@@ -31,10 +31,10 @@ SETTING_KEYS = {
     "model", "model_config", "scheduler", "steps", "guidance", "guidance_rescale", "negative", "width", "height",
     "num_images", "seed", "lora", "device", "dtype", "offload", "vae_tiling", "attention_slicing",
     "outdir", "format", "allow_unsafe_pickle", "compile", "channels_last", "fuse_qkv", "batch_size", "quantize",
-    "no_t5",
+    "no_t5", "hires", "hires_upscaler", "hires_strength", "hires_steps",
 }
 # Keys a preset may carry for other tasks (inpaint, upscale, tune) or for people reading it.
-PRESET_ONLY_KEYS = {"description", "inpaint_model", "upscale_model", "controlnet"}
+PRESET_ONLY_KEYS = {"description", "inpaint_model", "upscale_model", "controlnet", "tile_controlnet"}
 CONFIG_ONLY_KEYS = {"preset", "max_pixels"}  # max_pixels: see limits.py
 PACKAGE_PREFIX = "package:"  # a path inside the installed dreamcli package (the demo model)
 
@@ -77,7 +77,7 @@ def _check_keys(data: dict, allowed: set, path: Path) -> None:
 def _resolve_paths(data: dict, base: Path) -> dict:
     # "./x" in a file means next to that file, so presets can travel with their weights.
     out = dict(data)
-    for key in ("model", "model_config", "inpaint_model", "upscale_model", "outdir"):
+    for key in ("model", "model_config", "inpaint_model", "upscale_model", "controlnet", "tile_controlnet", "outdir"):
         value = out.get(key)
         if isinstance(value, str) and value.startswith(("./", "../")):
             out[key] = str((base / value).resolve())

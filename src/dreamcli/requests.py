@@ -34,6 +34,7 @@ MAX_RANK = 2048
 
 # The flag (or setting) a field is set by, for messages; other fields are named with dashes for underscores.
 FIELD_LABELS = {
+    "hires_scale": "hires",
     "num_inference_steps": "steps", "guidance_scale": "guidance", "negative_prompt": "negative",
     "controlnet_conditioning_scale": "controlnet-scale", "instance_data_dir": "images", "class_word": "class",
     "output_dir": "outdir", "instance_prompt": "prompt", "max_train_steps": "steps", "learning_rate": "lr",
@@ -237,11 +238,19 @@ class GenRequest:
     height: int | None = None
     num_images: int = 1
     seed: int | None = None  # None: a random base seed, drawn and recorded by the task
+    # Hires fix (A1111's): draw at the size above, enlarge by hires_scale, then redraw that with img2img.
+    hires_scale: float | None = None  # None (or 0, which turns a preset's hires off): no second pass
+    hires_upscaler: str = "latent"  # "latent": the latents, bilinear (A1111's Latent); "lanczos": the picture
+    hires_strength: float = 0.5  # how much the second pass redraws (A1111's Denoising strength)
+    hires_steps: int | None = None  # the second pass's steps before strength; None: the same as the first's
+
+    HIRES_UPSCALERS = ("latent", "lanczos")  # a class constant, not a field: a named GAN upscaler joins here
 
     def __post_init__(self):
         check_field_types(self)
         check_model(self.model)
         check_steps_range(self.num_inference_steps)
+        self._check_hires()
         if self.guidance_scale < 0:
             raise InputError(f"guidance {self.guidance_scale:g} is negative: use 0 or more (7.5 is usual)")
         if not 0 <= self.guidance_rescale <= 1:
@@ -255,6 +264,36 @@ class GenRequest:
             check_pixels(self.width, self.height, "the image")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED - self.num_images:
             raise InputError(f"seed {self.seed} is out of range: use 0 to {MAX_SEED - self.num_images}")
+        if self.hires_scale and self.width is not None and self.height is not None:
+            from dreamcli.limits import check_pixels
+
+            # The model's own size multiple rounds this at run time (tasks/hires.py checks that size again).
+            sides = [max(8, round(side * self.hires_scale / 8) * 8) for side in (self.width, self.height)]
+            if max(sides) > MAX_SIDE:
+                raise InputError(f"--hires {self.hires_scale:g} makes a side of {max(sides)} px, more than any model "
+                                 f"draws: use at most {MAX_SIDE} px a side")
+            check_pixels(*sides, "the hires image")
+
+    def _check_hires(self) -> None:
+        """The hires settings, one line per bad value (they are checked even with hires off: a preset holds them)."""
+        if self.hires_scale == 0:
+            object.__setattr__(self, "hires_scale", None)
+        if self.hires_scale is not None and not 1 <= self.hires_scale <= 8:
+            raise InputError(f"hires {self.hires_scale:g} is out of range: use 1 to 8 (2 doubles each side; 0 is off)")
+        upscaler = self.hires_upscaler.strip().lower()  # A1111 writes "Latent" and "Lanczos"
+        if upscaler not in self.HIRES_UPSCALERS:
+            raise InputError(f"unknown hires-upscaler {shown(self.hires_upscaler)}: use latent or lanczos (named "
+                             "GAN upscalers such as R-ESRGAN are not supported in hires yet)")
+        object.__setattr__(self, "hires_upscaler", upscaler)
+        if not 0 < self.hires_strength <= 1:
+            raise InputError(f"hires-strength {self.hires_strength:g} is out of range: use more than 0 and at most 1 "
+                             "(0.5 is usual)")
+        if self.hires_steps is not None:
+            check_steps_range(self.hires_steps, "hires-steps")
+        steps = self.hires_steps or self.num_inference_steps
+        if self.hires_scale and int(steps * self.hires_strength) < 1:
+            raise InputError(f"hires-steps {steps} x hires-strength {self.hires_strength:g} is less than one "
+                             "denoising step: raise --hires-steps or --hires-strength")
 
     def to_dict(self) -> dict:
         """Plain JSON-ready fields (what the image metadata stores)."""
@@ -274,11 +313,16 @@ SETTING_TO_FIELD = {
     "height": "height",
     "num_images": "num_images",
     "seed": "seed",
+    "hires": "hires_scale",
+    "hires_upscaler": "hires_upscaler",
+    "hires_strength": "hires_strength",
+    "hires_steps": "hires_steps",
 }
 MODEL_SETTINGS = tuple(f.name for f in fields(ModelOptions) if f.name != "loras") + ("lora",)
 _TYPES = {
     "steps": int, "num_images": int, "seed": int, "width": int, "height": int,
     "guidance": float, "guidance_rescale": float, "prompt": str, "negative": str,
+    "hires": float, "hires_upscaler": str, "hires_strength": float, "hires_steps": int,
 }
 
 
@@ -630,6 +674,60 @@ class ColorizeRequest(ImageRequestBase):
     def full_prompt(self) -> str:
         """The prompt the model gets: the user's words, then the colour request."""
         return ", ".join(p for p in (self.prompt.strip(), self.color_prompt.strip()) if p)
+
+
+@dataclass(frozen=True)
+class Img2ImgRequest(ImageRequestBase):
+    """Redraw a picture from a prompt (A1111's img2img): `strength` 0 keeps it, 1 redraws it from noise."""
+
+    image: object
+    model: ModelOptions
+    prompt: str = ""
+    strength: float = 0.75  # A1111's default denoising strength
+    width: int | None = None  # the size the model draws (and the output); None: the picture's shape at the model's area
+    height: int | None = None
+
+    def __post_init__(self):
+        _check_shared(self)
+        check_work_size(self)
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps diffusers runs: the last steps x strength of the schedule (its get_timesteps)."""
+        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
+
+
+@dataclass(frozen=True)
+class RestoreRequest(ImageRequestBase):
+    """Remove JPEG artefacts: the model proposes a clean picture, which is then moved back into the set of
+    pictures the JPEG file allows (its own quantised coefficients)."""
+
+    image: object
+    model: ModelOptions
+    prompt: str = ""
+    # Low: one denoising step near the clean end of the schedule. On 32 demo-world pictures at JPEG quality 10
+    # (benchmarks/restore.py) strength 0.02 / 0.05 / 0.1 / 0.2 gained +1.46 / +1.40 / +1.27 / +0.97 dB over the
+    # JPEG; 0.05 needs no longer schedule than the presets' 20-30 steps. Real checkpoints' VAEs reproduce JPEG
+    # blocks more faithfully than the demo model's, so they may want more.
+    strength: float = 0.05
+    controlnet: str | None = None  # a tile ControlNet (folder or repo id) fed the picture, when the preset names one
+    controlnet_conditioning_scale: float = 1.0
+
+    def __post_init__(self):
+        check_field_types(self)
+        if 1 / MAX_STEPS <= self.strength <= 1 and 1 <= self.num_inference_steps and self.denoising_steps < 1:
+            # Restoring needs one step at a low noise level, whatever schedule length the preset has (turbo
+            # presets have 1-4 steps): the schedule is made long enough for one step at `strength`.
+            steps = math.ceil(1 / self.strength)
+            while int(steps * self.strength) < 1:
+                steps += 1
+            object.__setattr__(self, "num_inference_steps", steps)
+        _check_shared(self)
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps diffusers runs: the last steps x strength of the schedule."""
+        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
 
 
 @dataclass(frozen=True)

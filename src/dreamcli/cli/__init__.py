@@ -10,9 +10,11 @@ from dreamcli import __version__
 from dreamcli.cli.bench import bench
 from dreamcli.cli.colorize import colorize
 from dreamcli.cli.gen import gen
+from dreamcli.cli.img2img import img2img
 from dreamcli.cli.info import info
 from dreamcli.cli.inpaint import inpaint
 from dreamcli.cli.outpaint import outpaint
+from dreamcli.cli.restore import restore
 from dreamcli.cli.tune import tune
 from dreamcli.cli.upscale import upscale
 
@@ -37,15 +39,17 @@ def root(
     version: Annotated[bool | None, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
 ) -> None:
-    """dream: text to image, inpaint, outpaint, colorize, upscale and DreamBooth tuning."""
+    """dream: text to image, image to image, inpaint, outpaint, colorize, upscale, restore and DreamBooth tuning."""
 
 
 app.command("gen")(gen)
+app.command("img2img")(img2img)
 app.command("info")(info)
 app.command("inpaint")(inpaint)
 app.command("outpaint")(outpaint)
 app.command("colorize")(colorize)
 app.command("upscale")(upscale)
+app.command("restore")(restore)
 app.command("tune")(tune)
 app.command("dreambooth-tune", help="Alias of `dream tune`.")(tune)
 app.command("bench")(bench)

@@ -9,11 +9,13 @@ import typer
 from dreamcli.cli import common
 from dreamcli.cli.common import user_errors
 from dreamcli.cli.image_common import (
-    ImageArg,
+    ImagesArg,
+    PromptOption,
     Strength,
     build_request,
+    images_and_prompt,
     output_target,
-    run_task,
+    run_tasks,
     slug_text,
     task_settings,
 )
@@ -21,8 +23,8 @@ from dreamcli.cli.image_common import (
 
 @common.with_shared_flags
 def colorize(
-    image: ImageArg,
-    prompt: Annotated[str, typer.Argument(help="What the picture shows, with colours if you know them.")] = "",
+    images: ImagesArg,
+    prompt: PromptOption = None,
     color_prompt: Annotated[str | None, typer.Option(
         "--color-prompt", help="Words that ask for colour, after PROMPT (default: 'a colorful photo').")] = None,
     strength: Strength = None,
@@ -34,18 +36,19 @@ def colorize(
     json_out: bool = False,
     quiet: bool = False,
 ) -> None:
-    """Colour a grey or sepia IMAGE: colour from the model, brightness kept from the input."""
+    """Colour grey or sepia pictures: colour from the model, brightness kept from each input."""
     from dreamcli.requests import ColorizeRequest
-    from dreamcli.tasks.colorize import iter_colorize
+    from dreamcli.tasks.colorize import iter_colorize, read_inputs
 
     with user_errors():
+        pictures, text = images_and_prompt(images, prompt)
         settings, used_preset = task_settings(flags)
-        request = build_request(
-            ColorizeRequest, settings, image=image, prompt=prompt, color_prompt=color_prompt, strength=strength,
+        requests = [build_request(
+            ColorizeRequest, settings, image=image, prompt=text, color_prompt=color_prompt, strength=strength,
             controlnet=settings.get("controlnet"), width=width, height=height,
-        )
+        ) for image in pictures]
         target, fmt = output_target(settings)
-        code = run_task(iter_colorize, request, target, fmt, used_preset, json_out, quiet,
-                        slug_text(prompt, "colorize", image))
+        slugs = [slug_text(text, "colorize", image, len(pictures) > 1) for image in pictures]
+        code = run_tasks(iter_colorize, requests, target, fmt, used_preset, json_out, quiet, slugs, check=read_inputs)
     if code:
         raise typer.Exit(code)

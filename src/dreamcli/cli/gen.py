@@ -87,6 +87,9 @@ def image_settings(path: str, meta: dict) -> dict:
             "scheduler": model.get("scheduler"), "lora": model.get("loras"), "dtype": model.get("dtype"),
             # Both change pixels: fp8 weights round, and SD3 without T5 sees less of the prompt.
             "quantize": model.get("quantize"), "no_t5": model.get("no_t5"),
+            # Hires 0 (off) when the record has none, so that a preset's or config's hires does not apply.
+            "hires": req.get("hires_scale") or 0, "hires_upscaler": req.get("hires_upscaler"),
+            "hires_strength": req.get("hires_strength"), "hires_steps": req.get("hires_steps"),
         }
         return {k: v for k, v in out.items() if v is not None}  # what is missing takes the usual default
     if meta["parameters"]:
@@ -101,8 +104,24 @@ def image_settings(path: str, meta: dict) -> dict:
             if len(sides) != 2:
                 raise InputError(f"{path}: its A1111 Size {shown(params['Size'])} is not WIDTHxHEIGHT")
             out["width"], out["height"] = (_a1111_number(path, "Size", side, int) for side in sides)
+        out.update(_a1111_hires(path, params))
         return out
     raise InputError(f"{path} has no generation parameters (no dreamcli or A1111 metadata)")
+
+
+def _a1111_hires(path: str, params: dict) -> dict:
+    """Hires settings from A1111's keys (its Denoising strength is the hires pass's in a txt2img record)."""
+    if "Hires upscale" not in params:
+        return {"hires": 0}
+    out = {"hires": _a1111_number(path, "Hires upscale", params["Hires upscale"], float)}
+    if "Hires upscaler" in params:
+        out["hires_upscaler"] = params["Hires upscaler"]  # a name dream lacks is refused with the request's line
+    if "Denoising strength" in params:
+        out["hires_strength"] = _a1111_number(path, "Denoising strength", params["Denoising strength"], float)
+    steps = _a1111_number(path, "Hires steps", params["Hires steps"], int) if "Hires steps" in params else 0
+    if steps:  # A1111 writes no Hires steps, or 0, when the pass takes the first pass's steps
+        out["hires_steps"] = steps
+    return out
 
 
 def check_image_settings(path: str, settings: dict, flags: dict | None = None) -> None:
@@ -188,12 +207,13 @@ def run_plan(plan: GenPlan, as_json: bool, quiet: bool) -> int:
 
     loaded = _load(plan, quiet)
     total = sum(r.num_images for r in plan.requests)
-    written = 0
+    written, told = 0, set()
     started = time.perf_counter()
     progress, on_step = _progress(plan, quiet, total)
     try:
         with progress:
             for result in iter_generate_many(plan.requests, on_step, plan.batch_size):
+                _notes(result, told, quiet)
                 outdir = ensure_outdir(plan.outdir)  # created only once there is something to write
                 path = save_atomic(
                     result.image, outdir, result.seed, result.record["request"]["prompt"], plan.fmt,
@@ -230,12 +250,13 @@ def run_sharded(plan: GenPlan, as_json: bool, quiet: bool) -> int:
     loaded = _load(plan, quiet_here) if mine else None
     outdir = ensure_outdir(plan.outdir)
     start = shard.share(next_counter(outdir) if shard.is_main else None)
-    lines, started = [], time.perf_counter()
+    lines, started, told = [], time.perf_counter(), set()
     progress, on_step = _progress(plan, quiet_here, len(mine))
     try:
         with progress:
             results = iter_generate_jobs([job for _, job in mine], on_step, plan.batch_size)
             for (k, job), result in zip(mine, results, strict=True):
+                _notes(result, told, quiet_here)
                 path = save_atomic(
                     result.image, outdir, result.seed, job.request.prompt, plan.fmt, counter=start + k,
                     **save_options(result.record, plan.fmt),
@@ -294,6 +315,14 @@ def _progress(plan: GenPlan, quiet: bool, total: int):
     return progress, on_step
 
 
+def _notes(result, told: set, quiet: bool) -> None:
+    """A result's notes on stderr, each once per run (every image of a run would repeat them)."""
+    for note in result.notes:
+        if note not in told:
+            told.add(note)
+            hint(note, quiet)
+
+
 def _summary(written: int, elapsed: float, loaded, quiet: bool, processes: int = 1) -> None:
     """One line: how many images, how long, and the compile warm-up apart from the per-image time."""
     warmup = (loaded.compile_seconds or 0.0) if loaded is not None else 0.0
@@ -328,6 +357,17 @@ def gen(
     guidance_rescale: Annotated[float | None, typer.Option(
         "--guidance-rescale", help="0-1: pull strong guidance back to the prompt's own contrast (0.7 for "
         "v-prediction models such as SD 2.x-v and the demo; default 0).")] = None,
+    hires: Annotated[float | None, typer.Option(
+        "--hires", metavar="SCALE", help="Hires fix: draw at the model's size, enlarge SCALE times (1.5, 2), then "
+        "redraw the result with img2img, as A1111 does (0: off).")] = None,
+    hires_upscaler: Annotated[str | None, typer.Option(
+        "--hires-upscaler", help="How --hires enlarges: latent (the latents, bilinear: A1111's Latent; the "
+        "default) or lanczos (the picture).")] = None,
+    hires_strength: Annotated[float | None, typer.Option(
+        "--hires-strength", help="How much the --hires pass redraws: more than 0, at most 1 (A1111's Denoising "
+        "strength; default 0.5).")] = None,
+    hires_steps: Annotated[int | None, typer.Option(
+        "--hires-steps", help="Steps of the --hires pass, before strength takes its share (default: --steps).")] = None,
     width: common.Width = None,
     height: common.Height = None,
     batch_size: common.BatchSize = None,
@@ -345,9 +385,14 @@ def gen(
     flags = {
         **flags,  # the flags every generating command has
         "guidance_rescale": guidance_rescale, "width": width, "height": height, "batch_size": batch_size,
+        "hires": hires, "hires_upscaler": hires_upscaler, "hires_strength": hires_strength, "hires_steps": hires_steps,
     }
     with user_errors():
         plan = plan_gen(prompts or [], prompts_file, from_image, flags)
+        given = [name for name, value in (("--hires-upscaler", hires_upscaler), ("--hires-strength", hires_strength),
+                                          ("--hires-steps", hires_steps)) if value is not None]
+        if given and not any(request.hires_scale for request in plan.requests):
+            hint(f"{', '.join(given)} does nothing without --hires SCALE", quiet)
         code = run_plan(plan, json_out, quiet)
     if code:
         raise typer.Exit(code)

@@ -11,7 +11,7 @@ import typer
 
 from dreamcli.cli import common
 from dreamcli.cli.common import console, emit, hint
-from dreamcli.errors import InputError
+from dreamcli.errors import DreamError, InputError
 from dreamcli.requests import FORMATS, SETTING_TO_FIELD, model_options_from
 
 MaxPixels = Annotated[int | None, typer.Option(
@@ -20,6 +20,16 @@ MaxPixels = Annotated[int | None, typer.Option(
 Strength = Annotated[float | None, typer.Option(
     "--strength", help="How much the model may change: 0 keeps the input, 1 redraws from noise.")]
 ImageArg = Annotated[str, typer.Argument(help="The picture to work on (PNG, JPEG, WebP, ...).")]
+ImagesArg = Annotated[list[str], typer.Argument(
+    metavar="IMAGE", show_default=False,
+    help="The pictures to work on (PNG, JPEG, WebP, ...), then the prompt: the last word is the prompt when it "
+    "is not a file and not a picture's name, or use --prompt.")]
+PromptOption = Annotated[str | None, typer.Option(
+    "--prompt", help="The prompt; with it, every positional argument is a picture.")]
+# Names a user means as a picture even when the file is missing (a typo must not become the prompt).
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".webp", ".avif", ".gif", ".bmp", ".tif", ".tiff", ".ppm",
+                    ".pgm", ".pbm", ".pnm", ".tga", ".mpo", ".heic")
+JPEG_ALPHA_NOTE = "jpg has no transparency: the picture is laid on white (use --format png or webp to keep it)"
 DEMO_HINT = (
     "using the built-in demo model (coloured shapes only); for real pictures name a checkpoint "
     "with -m model.safetensors (or --preset sd15 / sdxl)"
@@ -84,6 +94,35 @@ def json_line(path: Path, record: dict) -> dict:
     return line
 
 
+def images_and_prompt(args: list[str], prompt: str | None) -> tuple[list[str], str]:
+    """Split `IMAGE... [PROMPT]` positionals into pictures and the prompt.
+
+    With --prompt every positional is a picture. Otherwise, of two or more positionals the last is the
+    prompt unless it is an existing path or ends like a picture's name (.png, .jpg, ...), so that
+    `dream upscale *.png` takes every file and `dream img2img photo.png "a watercolour"` its prompt.
+    """
+    if prompt is not None:
+        return list(args), prompt
+    if len(args) >= 2:
+        last = args[-1]
+        if not (Path(last).expanduser().exists() or last.lower().endswith(PICTURE_SUFFIXES)):
+            return list(args[:-1]), last
+    return list(args), ""
+
+
+def check_all_inputs(check, requests: list) -> None:
+    """Read every picture (and mask) before the model loads, so a bad one stops the run before anything is
+    written; with several pictures an error that does not name its picture is prefixed with it."""
+    for request in requests:
+        try:
+            check(request)
+        except DreamError as e:
+            where = str(request.image)
+            if where not in str(e):
+                e.args = (f"image {where}: {e}",)
+            raise
+
+
 def stop(progress) -> None:
     """Stop a progress display only if it ever started (rich prints an empty line otherwise)."""
     if progress.live.is_started:
@@ -92,20 +131,32 @@ def stop(progress) -> None:
 
 def run_task(iterate, request, outdir: Path, fmt: str, preset: str | None, as_json: bool, quiet: bool,
              slug: str) -> int:
-    """Run one task, writing each picture as soon as it exists; returns the exit code."""
+    """Run one task on one picture, writing each output as soon as it exists; returns the exit code."""
+    return run_tasks(iterate, [request], outdir, fmt, preset, as_json, quiet, [slug])
+
+
+def run_tasks(iterate, requests: list, outdir: Path, fmt: str, preset: str | None, as_json: bool, quiet: bool,
+              slugs: list[str], check=None) -> int:
+    """Run one task on several pictures (one request each) in one progress display; returns the exit code.
+
+    `check(request)` reads a request's inputs without the model: with several pictures every one is checked
+    first, so a missing or damaged picture stops the run before any output is written. The model loads once
+    (the engine keeps it per process); each output is written as soon as it exists.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from dreamcli.io.images import to_rgb
     from dreamcli.io.metadata import save_options
     from dreamcli.io.outputs import ensure_outdir, save_atomic
 
-    if preset == "demo" and request.model.model.startswith("package:"):
-        hint(DEMO_HINT, quiet)
     written, shown = 0, set()
     started = time.perf_counter()
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True, disable=quiet,
     )
+    total = sum(request.num_images for request in requests)
+    images = progress.add_task("images", total=total, visible=total > 1)
     steps = progress.add_task("steps", total=None)
 
     def on_step(done: int, of: int) -> None:
@@ -115,16 +166,26 @@ def run_task(iterate, request, outdir: Path, fmt: str, preset: str | None, as_js
         progress.update(steps, completed=done, total=of)
 
     try:
-        for result in iterate(request, on_step):
-            for note in result.notes:
-                if note not in shown:
-                    shown.add(note)
-                    console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
-            outdir_ready = ensure_outdir(outdir)
-            path = save_atomic(result.image, outdir_ready, result.seed, slug, fmt, **save_options(result.record, fmt))
-            written += 1
-            progress.reset(steps)
-            emit(json.dumps(json_line(path, result.record)) if as_json else str(path))
+        if check is not None and len(requests) > 1:
+            check_all_inputs(check, requests)
+        if preset == "demo" and requests[0].model.model.startswith("package:"):
+            hint(DEMO_HINT, quiet)
+        for request, slug in zip(requests, slugs, strict=True):
+            for result in iterate(request, on_step):
+                image, notes = result.image, list(result.notes)
+                if fmt == "jpg" and image.mode == "RGBA":
+                    notes.append(JPEG_ALPHA_NOTE)
+                    image = to_rgb(image)
+                for note in notes:
+                    if note not in shown:
+                        shown.add(note)
+                        console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
+                outdir_ready = ensure_outdir(outdir)
+                path = save_atomic(image, outdir_ready, result.seed, slug, fmt, **save_options(result.record, fmt))
+                written += 1
+                progress.advance(images)
+                progress.reset(steps)
+                emit(json.dumps(json_line(path, result.record)) if as_json else str(path))
     except KeyboardInterrupt:
         stop(progress)
         hint(f"interrupted: kept {written} finished image(s) in {outdir}")
@@ -136,10 +197,13 @@ def run_task(iterate, request, outdir: Path, fmt: str, preset: str | None, as_js
     return 0
 
 
-def slug_text(prompt: str, task: str, image: str) -> str:
-    """What the output name's slug is made from: the prompt, else the task and input name."""
+def slug_text(prompt: str, task: str, image: str, several: bool = False) -> str:
+    """What the output name's slug is made from: the prompt, else the task and input name; with several
+    pictures the input's name comes first, so each output says which picture it came from."""
+    if several and prompt.strip():
+        return f"{Path(image).stem} {prompt.strip()}"
     return prompt.strip() or f"{task} {Path(image).stem}"
 
 
-__all__ = ["MaxPixels", "Strength", "ImageArg", "task_settings", "build_request",
-           "output_target", "run_task", "slug_text"]
+__all__ = ["MaxPixels", "Strength", "ImageArg", "ImagesArg", "PromptOption", "task_settings", "build_request",
+           "output_target", "run_task", "run_tasks", "images_and_prompt", "slug_text"]

@@ -9,11 +9,13 @@ import typer
 from dreamcli.cli import common
 from dreamcli.cli.common import user_errors
 from dreamcli.cli.image_common import (
-    ImageArg,
+    ImagesArg,
+    PromptOption,
     Strength,
     build_request,
+    images_and_prompt,
     output_target,
-    run_task,
+    run_tasks,
     slug_text,
     task_settings,
 )
@@ -21,8 +23,8 @@ from dreamcli.cli.image_common import (
 
 @common.with_shared_flags
 def inpaint(
-    image: ImageArg,
-    prompt: Annotated[str, typer.Argument(help="What to paint in the masked area.")] = "",
+    images: ImagesArg,
+    prompt: PromptOption = None,
     mask: Annotated[str | None, typer.Option(
         "--mask", help="White (or opaque) marks the area to repaint; any image mode.")] = None,
     mask_blur: Annotated[float | None, typer.Option(
@@ -37,18 +39,19 @@ def inpaint(
     json_out: bool = False,
     quiet: bool = False,
 ) -> None:
-    """Repaint the masked area of IMAGE from PROMPT; everything outside the mask is kept exactly."""
+    """Repaint the masked area of each IMAGE from PROMPT (one --mask for all); the rest is kept exactly."""
     from dreamcli.requests import InpaintRequest
-    from dreamcli.tasks.inpaint import iter_inpaint
+    from dreamcli.tasks.inpaint import iter_inpaint, read_inputs
 
     with user_errors():
+        pictures, text = images_and_prompt(images, prompt)
         settings, used_preset = task_settings(flags, "inpaint_model")
-        request = build_request(
-            InpaintRequest, settings, image=image, mask=mask or "", prompt=prompt, mask_blur=mask_blur,
+        requests = [build_request(
+            InpaintRequest, settings, image=image, mask=mask or "", prompt=text, mask_blur=mask_blur,
             invert_mask=invert_mask, strength=strength, width=width, height=height,
-        )
+        ) for image in pictures]
         target, fmt = output_target(settings)
-        code = run_task(iter_inpaint, request, target, fmt, used_preset, json_out, quiet,
-                        slug_text(prompt, "inpaint", image))
+        slugs = [slug_text(text, "inpaint", image, len(pictures) > 1) for image in pictures]
+        code = run_tasks(iter_inpaint, requests, target, fmt, used_preset, json_out, quiet, slugs, check=read_inputs)
     if code:
         raise typer.Exit(code)

@@ -9,12 +9,14 @@ import typer
 from dreamcli.cli import common
 from dreamcli.cli.common import user_errors
 from dreamcli.cli.image_common import (
-    ImageArg,
+    ImagesArg,
     MaxPixels,
+    PromptOption,
     Strength,
     build_request,
+    images_and_prompt,
     output_target,
-    run_task,
+    run_tasks,
     slug_text,
     task_settings,
 )
@@ -26,8 +28,8 @@ def _margin(name: str, what: str):
 
 @common.with_shared_flags
 def outpaint(
-    image: ImageArg,
-    prompt: Annotated[str, typer.Argument(help="What the wider picture shows.")] = "",
+    images: ImagesArg,
+    prompt: PromptOption = None,
     left: _margin("left", "on the left") = None,
     right: _margin("right", "on the right") = None,
     top: _margin("top", "at the top") = None,
@@ -40,19 +42,20 @@ def outpaint(
     json_out: bool = False,
     quiet: bool = False,
 ) -> None:
-    """Extend IMAGE by the given margins; the original pixels are kept exactly."""
+    """Extend each IMAGE by the given margins; the original pixels are kept exactly."""
     from dreamcli.requests import OutpaintRequest
-    from dreamcli.tasks.outpaint import iter_outpaint
+    from dreamcli.tasks.outpaint import iter_outpaint, read_inputs
 
     sides = {name: value if value is not None else (all_sides or 0)
              for name, value in (("left", left), ("right", right), ("top", top), ("bottom", bottom))}
     with user_errors():
+        pictures, text = images_and_prompt(images, prompt)
         settings, used_preset = task_settings(flags, "inpaint_model")
-        request = build_request(
-            OutpaintRequest, settings, image=image, prompt=prompt, strength=strength, max_pixels=max_pixels, **sides,
-        )
+        requests = [build_request(
+            OutpaintRequest, settings, image=image, prompt=text, strength=strength, max_pixels=max_pixels, **sides,
+        ) for image in pictures]
         target, fmt = output_target(settings)
-        code = run_task(iter_outpaint, request, target, fmt, used_preset, json_out, quiet,
-                        slug_text(prompt, "outpaint", image))
+        slugs = [slug_text(text, "outpaint", image, len(pictures) > 1) for image in pictures]
+        code = run_tasks(iter_outpaint, requests, target, fmt, used_preset, json_out, quiet, slugs, check=read_inputs)
     if code:
         raise typer.Exit(code)

@@ -9,12 +9,14 @@ import typer
 from dreamcli.cli import common
 from dreamcli.cli.common import user_errors
 from dreamcli.cli.image_common import (
-    ImageArg,
+    ImagesArg,
     MaxPixels,
+    PromptOption,
     Strength,
     build_request,
+    images_and_prompt,
     output_target,
-    run_task,
+    run_tasks,
     slug_text,
     task_settings,
 )
@@ -22,8 +24,8 @@ from dreamcli.cli.image_common import (
 
 @common.with_shared_flags
 def upscale(
-    image: ImageArg,
-    prompt: Annotated[str, typer.Argument(help="What the picture shows (optional; guides new detail).")] = "",
+    images: ImagesArg,
+    prompt: PromptOption = None,
     scale: Annotated[int, typer.Option("--scale", help="Enlargement: 2 or 4.")] = 4,
     tile: Annotated[int | None, typer.Option(
         "--tile", help="Tile side in pixels (default: the model's size); memory follows the tile.")] = None,
@@ -37,18 +39,19 @@ def upscale(
     json_out: bool = False,
     quiet: bool = False,
 ) -> None:
-    """Enlarge IMAGE by --scale; an x4-upscaler preset uses it, any other model a tiled upscaler."""
+    """Enlarge each IMAGE by --scale; an x4-upscaler preset uses it, any other model a tiled upscaler."""
     from dreamcli.requests import UpscaleRequest
-    from dreamcli.tasks.upscale import iter_upscale
+    from dreamcli.tasks.upscale import iter_upscale, read_inputs
 
     with user_errors():
+        pictures, text = images_and_prompt(images, prompt)
         settings, used_preset = task_settings(flags, "upscale_model")
-        request = build_request(
-            UpscaleRequest, settings, image=image, prompt=prompt, scale=scale, tile=tile, overlap=overlap,
+        requests = [build_request(
+            UpscaleRequest, settings, image=image, prompt=text, scale=scale, tile=tile, overlap=overlap,
             noise_level=noise_level, strength=strength, max_pixels=max_pixels,
-        )
+        ) for image in pictures]
         target, fmt = output_target(settings)
-        code = run_task(iter_upscale, request, target, fmt, used_preset, json_out, quiet,
-                        slug_text(prompt, f"upscale x{scale}", image))
+        slugs = [slug_text(text, f"upscale x{scale}", image, len(pictures) > 1) for image in pictures]
+        code = run_tasks(iter_upscale, requests, target, fmt, used_preset, json_out, quiet, slugs, check=read_inputs)
     if code:
         raise typer.Exit(code)

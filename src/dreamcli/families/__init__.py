@@ -15,7 +15,7 @@ from pathlib import Path
 from dreamcli.errors import InputError
 
 TASKS = ("text2img", "img2img", "inpaint")
-COMMANDS = {"text2img": "gen", "img2img": "colorize and upscale", "inpaint": "inpaint and outpaint"}  # per task
+COMMANDS = {"text2img": "gen", "img2img": "img2img, colorize and upscale", "inpaint": "inpaint and outpaint"}
 
 
 class UnsupportedModel(InputError):
@@ -66,6 +66,7 @@ class Family:
     decode: Callable[..., object] | None = None  # (pipe, autoencoder, latents, width, height) -> pixels in [-1, 1]
     native: Callable[[object], int] | None = None  # loaded pipeline -> side in pixels it draws best at
     size_multiple: Callable[[object], int] | None = None  # loaded pipeline -> what image sides must divide by
+    max_side: Callable[[object], int | None] = lambda pipe: None  # loaded pipeline -> the longest side it draws
     progress: Callable[[object, int], dict] = standard_progress  # (StepCounter, steps) -> callback arguments
     single_file_kwargs: dict = field(default_factory=dict)  # what from_single_file needs besides config
     guidance: Callable[[object], str] = lambda pipe: "cfg"  # pipeline -> "cfg" | "distilled" | "none"

@@ -57,6 +57,14 @@ def vae_multiple(pipe) -> int:
     return int(pipe.vae_scale_factor)
 
 
+def position_grid_side(pipe) -> int | None:
+    """SD3's transformer has position embeddings for a fixed grid (3072 px a side for SD3 Medium): a larger
+    picture fails inside diffusers."""
+    config = pipe.transformer.config
+    grid = getattr(config, "pos_embed_max_size", None)
+    return int(grid) * int(config.patch_size or 1) * int(pipe.vae_scale_factor) if grid else None
+
+
 def patch_multiple(pipe) -> int:
     """Patch transformers: sizes in whole patches of VAE blocks."""
     return int(pipe.vae_scale_factor) * int(getattr(pipe.transformer.config, "patch_size", 2) or 2)

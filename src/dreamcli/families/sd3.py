@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dreamcli.families import Family
-from dreamcli.families.common import decode_vae, has_any, patch_multiple, transformer_native
+from dreamcli.families.common import decode_vae, has_any, patch_multiple, position_grid_side, transformer_native
 
 CLASSES = frozenset({"StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"})
 ORIGINAL = "model.diffusion_model."  # Stability AI's single files
@@ -53,4 +53,5 @@ FAMILY = Family(
     decode=decode_vae,
     native=transformer_native,
     size_multiple=patch_multiple,
+    max_side=position_grid_side,
 )

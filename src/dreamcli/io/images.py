@@ -198,3 +198,36 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def load_rgb(path: str | Path, what: str = "image", limit: int | None = None) -> Image.Image:
     """Open an image upright as 8-bit RGB (see open_image and to_rgb)."""
     return to_rgb(open_image(path, what, limit))
+
+
+def split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """The picture as the model sees it (8-bit RGB, laid on white) and its alpha channel (None when opaque).
+
+    A picture whose alpha is opaque everywhere (an RGBA screenshot) counts as opaque: its output stays RGB.
+    """
+    image = to_8bit(image)
+    alpha = None
+    if has_alpha(image):
+        alpha = convert(image, "RGBA").getchannel("A")
+        if alpha.getextrema()[0] == 255:
+            alpha = None
+    return to_rgb(image), alpha
+
+
+def with_alpha(flat: Image.Image, alpha: Image.Image | None) -> Image.Image:
+    """Put an alpha channel back on an RGB result drawn from a picture laid on white (see split_alpha).
+
+    The colours are un-blended from the white, so that the RGBA result laid on white is `flat` again (to
+    rounding), and on any other background its soft edges carry no white fringe. `alpha` is resized to
+    `flat` when sizes differ (upscale). None returns `flat` as it is.
+    """
+    if alpha is None:
+        return flat
+    if alpha.size != flat.size:
+        alpha = alpha.resize(flat.size, Image.Resampling.LANCZOS)
+    rgb = np.asarray(flat.convert("RGB"), np.float32)
+    a = np.asarray(alpha, np.float32)[..., None] / 255.0
+    # flat = colour * a + 255 * (1 - a); where a is 0 the colour is invisible: keep flat's.
+    straight = np.where(a > 0, (rgb - 255.0 * (1.0 - a)) / np.maximum(a, 1e-6), rgb)
+    straight = np.clip(np.rint(straight), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.dstack([straight, np.asarray(alpha, np.uint8)]), "RGBA")

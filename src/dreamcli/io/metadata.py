@@ -14,6 +14,7 @@ from dreamcli.io.images import open_image, read_exif
 EXIF_IFD = 0x8769
 USER_COMMENT = 0x9286  # where A1111 puts `parameters` in JPEG/WebP files
 IMAGE_DESCRIPTION = 0x010E  # where we put the dreamcli JSON record in JPEG/WebP files
+HIRES_UPSCALER_NAMES = {"latent": "Latent", "lanczos": "Lanczos"}  # ours -> A1111's "Hires upscaler" names
 
 
 def a1111_parameters(record: dict) -> str:
@@ -30,7 +31,9 @@ def a1111_parameters(record: dict) -> str:
         "Distilled CFG Scale": f"{req['guidance_scale']:g}" if record.get("guidance") == "distilled" else "",
         "CFG rescale": f"{req['guidance_rescale']:g}" if req.get("guidance_rescale") else "",
         "Seed": record["seed"],
-        "Size": f"{record['width']}x{record['height']}",
+        # A hires image's Size is its first pass's, as A1111 writes it; Hires upscale says how much larger.
+        "Size": "{}x{}".format(*((req["width"], req["height"]) if req.get("hires_scale") else
+                                 (record["width"], record["height"]))),
         "Model hash": record.get("model_hash") or "",
         "Model": record.get("model_name") or "",
     }
@@ -41,6 +44,11 @@ def a1111_parameters(record: dict) -> str:
         fields["Denoising strength"] = f"{req['strength']:g}"
     if "mask_blur" in req:
         fields["Mask blur"] = f"{req['mask_blur']:g}"
+    if req.get("hires_scale"):  # A1111's txt2img hires keys; its Denoising strength is the second pass's
+        fields["Denoising strength"] = f"{req['hires_strength']:g}"
+        fields["Hires upscale"] = f"{req['hires_scale']:g}"
+        fields["Hires steps"] = req.get("hires_steps") or req["num_inference_steps"]
+        fields["Hires upscaler"] = HIRES_UPSCALER_NAMES.get(req["hires_upscaler"], req["hires_upscaler"])
     fields["Version"] = f"dreamcli {record['versions']['dreamcli']}"
     lines.append(", ".join(f"{k}: {v}" for k, v in fields.items() if v != ""))
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from PIL import Image
 
 from dreamcli.imageops.color import recolor
-from dreamcli.io.images import to_8bit, to_rgb
+from dreamcli.io.images import split_alpha, to_8bit, with_alpha
 from dreamcli.requests import ColorizeRequest
 from dreamcli.tasks.image_common import (
     ImageResult,
@@ -66,21 +66,28 @@ def propose_colour(pipe, loaded, grey: Image.Image, size: tuple[int, int], reque
     return draw(pipe, loaded, image=control, **call_kwargs(request, request.full_prompt, seed, callback), **kwargs)
 
 
+def read_inputs(request: ColorizeRequest) -> tuple[Image.Image, Image.Image | None]:
+    """The picture's luma (8-bit "L", laid on white) and its alpha (None when opaque), checked before any
+    model loads."""
+    source = open_input(request.image)
+    if request.width or request.height:  # an explicit size needs no model to be checked
+        check_work_size(work_size(source.size, 8, request.width, request.height))
+    # Scaled to 8 bits (a 16-bit grey photo stays grey, not white); transparency laid on white.
+    flat, alpha = split_alpha(source)
+    luma = to_8bit(source)
+    return (luma if luma.mode == "L" else flat.convert("L")), alpha
+
+
 def iter_colorize(request: ColorizeRequest, on_step: StepCallback | None = None) -> Iterator[ImageResult]:
     """Yield coloured pictures one by one (image i uses seed + i).
 
     The model sees the picture's luma as a grey RGB image (a sepia tint is dropped, so it does not
     steer the colours) and proposes colour; the output takes its chroma and keeps the input's luma
-    to rounding, at the input's full size.
+    to rounding, at the input's full size. A transparent picture keeps its alpha.
     """
     from dreamcli.engine import pipeline_for
 
-    source = open_input(request.image)
-    if request.width or request.height:  # an explicit size needs no model to be checked: before any loads
-        check_work_size(work_size(source.size, 8, request.width, request.height))
-    # Scaled to 8 bits (a 16-bit grey photo stays grey, not white); transparency laid on white.
-    luma = to_8bit(source)
-    luma = luma if luma.mode == "L" else to_rgb(luma).convert("L")
+    luma, alpha = read_inputs(request)
     grey = luma.convert("RGB")
     if request.controlnet:
         pipe, loaded = controlnet_pipeline(request)
@@ -93,7 +100,7 @@ def iter_colorize(request: ColorizeRequest, on_step: StepCallback | None = None)
         seed = first + index
         counter = StepCounter(on_step)
         proposal = propose_colour(pipe, loaded, grey, size, request, seed, counter)
-        image = recolor(luma, proposal)
+        image = with_alpha(recolor(luma, proposal), alpha)
         record = make_image_record("colorize", request, loaded, pipe, seed, index, image,
                                    {"work_size": list(size), "prompt_used": request.full_prompt})
         yield ImageResult(image, seed, index, record)

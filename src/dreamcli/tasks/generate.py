@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from dreamcli.errors import InputError
 from dreamcli.requests import GenRequest
@@ -20,6 +20,7 @@ class GenResult:
     seed: int
     index: int
     record: dict
+    notes: list[str] = field(default_factory=list)  # for the user, e.g. which hires upscaler ran instead
 
 
 def random_seed() -> int:
@@ -43,12 +44,23 @@ def versions() -> dict:
     }
 
 
-def make_record(request: GenRequest, loaded, pipe, seed: int, index: int, image, batch: int = 1) -> dict:
+def make_record(request: GenRequest, loaded, pipe, seed: int, index: int, image, batch: int = 1,
+                first_pass: tuple[int, int] | None = None, hires_upscaler: str | None = None) -> dict:
     """The metadata that reproduces one image: its own request (seed and count 1), the model, and the
-    fast paths it was made with (a batch or a fused attention changes pixels by rounding only)."""
+    fast paths it was made with (a batch or a fused attention changes pixels by rounding only).
+
+    A hires image records its first pass's size as the request's (as A1111's Size does), the hires steps it
+    ran and the upscaler that ran, so that the record alone re-makes it whatever a preset or config says.
+    """
     from dreamcli.engine import fast_paths
 
-    own = replace(request, seed=seed, num_images=1, width=image.width, height=image.height)
+    if request.hires_scale:
+        from dreamcli.tasks.hires import hires_steps
+
+        own = replace(request, seed=seed, num_images=1, width=first_pass[0], height=first_pass[1],
+                      hires_upscaler=hires_upscaler or request.hires_upscaler, hires_steps=hires_steps(request))
+    else:
+        own = replace(request, seed=seed, num_images=1, width=image.width, height=image.height)
     record = base_record(own, loaded, pipe, seed, index, image)
     record["fast_paths"] = {**fast_paths(loaded), "batch": batch}
     return record
@@ -117,7 +129,8 @@ def check_requests(requests: Iterable[GenRequest], batch_size: int, images: int,
     batch = max(1, min(batch_size, images))
     seen = set()
     for request in requests:
-        key = (request.model, request.width, request.height, request.num_inference_steps)
+        key = (request.model, request.width, request.height, request.num_inference_steps, request.hires_scale,
+               request.hires_steps, request.hires_strength)
         if key in seen:
             continue
         seen.add(key)
@@ -130,6 +143,10 @@ def check_requests(requests: Iterable[GenRequest], batch_size: int, images: int,
         fit_call(pipe, loaded, _call_kwargs(request, width, height))  # refuses a flag this model ignores
         if batch > 1:
             check_batch_pixels(batch, width, height, "one batch", "lower --batch-size")
+        if request.hires_scale:
+            from dreamcli.tasks.hires import check_hires
+
+            check_hires(request, width, height)
 
 
 def iter_generate(request: GenRequest, on_step: StepCallback | None = None, batch_size: int = 1) -> Iterator[GenResult]:
@@ -167,6 +184,7 @@ def iter_generate_jobs(
 def _generate(requests: list[GenRequest], jobs: Iterable[ImageJob], images: int, on_step: StepCallback | None,
               batch_size: int) -> Iterator[GenResult]:
     from dreamcli.engine import decode_latents, pipeline_for
+    from dreamcli.tasks.hires import TwoPassProgress, hires_fix, upscaler_for
     from dreamcli.tasks.image_common import StepCounter, cpu_generator, fit_call, latents_of
 
     if batch_size < 1:
@@ -177,17 +195,30 @@ def _generate(requests: list[GenRequest], jobs: Iterable[ImageJob], images: int,
         first = batch[0].request
         pipe, loaded = pipeline_for("text2img", first.model)
         width, height = sizes[first.model, first.width, first.height]
+        hires = next((job.request for job in batch if job.request.hires_scale), None)
+        # With a hires pass to come, the steps shown cover both passes.
+        progress = TwoPassProgress(on_step, hires) if hires else None
+        counter = StepCounter(progress.first_pass if progress else on_step)
         kwargs = _call_kwargs(first, width, height, len(batch))
         kwargs.update(
             prompt=[job.request.prompt for job in batch],
             generator=[cpu_generator(job.seed) for job in batch],
-            **loaded.spec.progress(StepCounter(on_step), first.num_inference_steps),
+            **loaded.spec.progress(counter, first.num_inference_steps),
         )
         latents = latents_of(pipe, fit_call(pipe, loaded, kwargs))
-        images = decode_latents(loaded, pipe, latents, width, height)
-        for job, image in zip(batch, images, strict=True):
-            record = make_record(job.request, loaded, pipe, job.seed, job.index, image, batch=len(batch))
-            yield GenResult(image, job.seed, job.index, record)
+        # The latent upscaler starts from the latents: the first pass's pictures are decoded only when needed.
+        needs_pictures = any(not job.request.hires_scale or upscaler_for(job.request, loaded)[0] != "latent"
+                             for job in batch)
+        images = decode_latents(loaded, pipe, latents, width, height) if needs_pictures else [None] * len(batch)
+        for i, (job, image) in enumerate(zip(batch, images, strict=True)):
+            request, notes, upscaler = job.request, [], None
+            if request.hires_scale:
+                counter = StepCounter(progress.second_pass)
+                second = hires_fix(request, pipe, latents[i : i + 1], image, (width, height), job.seed, counter)
+                image, upscaler, notes = second.image, second.upscaler, [second.note] if second.note else []
+            record = make_record(request, loaded, pipe, job.seed, job.index, image, batch=len(batch),
+                                 first_pass=(width, height), hires_upscaler=upscaler)
+            yield GenResult(image, job.seed, job.index, record, notes)
 
 
 def _call_kwargs(request: GenRequest, width: int, height: int, count: int = 1) -> dict:

@@ -153,7 +153,13 @@ def latents_of(pipe, kwargs: dict):
 
 
 def check_multiple(loaded, width: int, height: int) -> None:
-    """Refuse a size the model cannot draw exactly (a pipeline would silently round it)."""
+    """Refuse a size the model cannot draw exactly (a pipeline would silently round it) or at all (past SD3's
+    position grid diffusers fails with a traceback)."""
+    largest = loaded.spec.max_side(loaded.pipe)
+    if largest and max(width, height) > largest:
+        raise InputError(
+            f"{width}x{height} is larger than {loaded.spec.label} models draw: use at most {largest} px a side"
+        )
     step = loaded.spec.size_multiple(loaded.pipe)
     for name, value in (("width", width), ("height", height)):
         if value % step:
@@ -191,6 +197,7 @@ def draw(pipe, loaded, **kwargs) -> Image.Image:
     asked = (kwargs.pop("width", None) or kwargs["image"].width, kwargs.pop("height", None) or kwargs["image"].height)
     step = loaded.spec.size_multiple(loaded.pipe)
     width, height = (max(step, round(side / step) * step) for side in asked)
+    check_multiple(loaded, width, height)  # past the model's largest side: one line, not diffusers' traceback
     if (width, height) != kwargs["image"].size:
         kwargs["image"] = kwargs["image"].resize((width, height), Image.Resampling.LANCZOS)
         for key in ("mask_image", "control_image"):

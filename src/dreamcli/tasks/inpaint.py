@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 from PIL import Image
 
 from dreamcli.imageops.masks import check_not_empty, feather, fit_mask, mask_levels, paste_back
-from dreamcli.io.images import to_rgb
+from dreamcli.io.images import convert, split_alpha, with_alpha
 from dreamcli.requests import InpaintRequest
 from dreamcli.tasks.image_common import (
     ImageResult,
@@ -57,18 +58,37 @@ def draw_masked(pipe, loaded, image: Image.Image, mask: Image.Image, size: tuple
     return out.resize(image.size, Image.Resampling.LANCZOS) if out.size != image.size else out
 
 
+def read_inputs(request: InpaintRequest):
+    """(source, its 8-bit RGB laid on white, its alpha or None, the feathered mask, notes), checked before any
+    model loads."""
+    source = open_input(request.image)
+    original, alpha = split_alpha(source)  # a grey or 16-bit picture is converted, not refused
+    if request.width or request.height:  # an explicit size needs no model to be checked
+        check_work_size(work_size(original.size, 8, request.width, request.height))
+    soft, notes = prepare_mask(request, original.size)
+    return source, original, alpha, soft, notes
+
+
+def keep_transparency(source: Image.Image, image: Image.Image, alpha: Image.Image, soft: Image.Image) -> Image.Image:
+    """The repainted picture with the input's alpha: repainted pixels opaque, the rest the input's RGBA exactly."""
+    a = np.asarray(alpha, np.float32)
+    m = np.asarray(soft, np.float32) / 255.0
+    blended = Image.fromarray(np.rint(a + (255.0 - a) * m).clip(0, 255).astype(np.uint8), "L")
+    out = with_alpha(image, blended)
+    out.paste(convert(source, "RGBA"), mask=soft.point(lambda v: 255 if v == 0 else 0))
+    return out
+
+
 def iter_inpaint(request: InpaintRequest, on_step: StepCallback | None = None) -> Iterator[ImageResult]:
     """Yield repainted pictures one by one (image i uses seed + i).
 
     The preset's inpainting checkpoint (9-channel UNet) or the base model runs through diffusers'
-    inpaint pipeline; pixels where the feathered mask is 0 are the input's, bit for bit.
+    inpaint pipeline; pixels where the feathered mask is 0 are the input's, bit for bit (alpha too,
+    for a transparent picture; repainted pixels are opaque).
     """
     from dreamcli.engine import pipeline_for
 
-    original = to_rgb(open_input(request.image))  # a grey or 16-bit picture is converted, not refused
-    if request.width or request.height:  # an explicit size needs no model to be checked: before any loads
-        check_work_size(work_size(original.size, 8, request.width, request.height))
-    soft, notes = prepare_mask(request, original.size)
+    source, original, alpha, soft, notes = read_inputs(request)
     hard = model_mask(soft)
     pipe, loaded = pipeline_for("inpaint", request.model)
     size = work_size(original.size, native_size(loaded), request.width, request.height)
@@ -79,6 +99,8 @@ def iter_inpaint(request: InpaintRequest, on_step: StepCallback | None = None) -
         counter = StepCounter(on_step)
         drawn = draw_masked(pipe, loaded, original, hard, size, request, seed, counter)
         image = paste_back(original, drawn, soft)
+        if alpha is not None:
+            image = keep_transparency(source, image, alpha, soft)
         record = make_image_record("inpaint", request, loaded, pipe, seed, index, image,
                                    {"work_size": list(size)})
         yield ImageResult(image, seed, index, record, notes)

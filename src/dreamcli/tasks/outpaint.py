@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from PIL import Image
 
 from dreamcli.imageops.canvas import Margins, expand_canvas, match_seams, outpaint_mask, plan_steps
-from dreamcli.io.images import to_rgb
+from dreamcli.io.images import convert, split_alpha, with_alpha
 from dreamcli.limits import max_pixels
 from dreamcli.requests import OutpaintRequest
 from dreamcli.tasks.image_common import (
@@ -78,22 +78,17 @@ def outpaint_once(pipe, loaded, picture: Image.Image, step: Margins, native: int
     return match_seams(canvas, picture, step, 2 * seam_band(native))
 
 
-def iter_outpaint(request: OutpaintRequest, on_step: StepCallback | None = None) -> Iterator[ImageResult]:
-    """Yield extended pictures one by one (image i uses seed + i).
-
-    Margins are rounded up to multiples of 8 (a note says so). The new area is pre-filled with the
-    stretched edges plus noise, masked with a band reaching into the old picture, inpainted, and the
-    original pixels pasted back: the original region of the output is identical to the input.
-    """
-    from dreamcli.engine import pipeline_for
-
+def read_inputs(request: OutpaintRequest):
+    """(source, its 8-bit RGB laid on white, its alpha or None, the rounded margins, notes), checked before
+    any model loads (the output's size too)."""
     limit = pixel_limit(request)
     # Reading is safe up to the general limit even when --max-pixels asks for smaller outputs.
-    original = to_rgb(open_input(request.image, limit=max(limit, max_pixels())))
+    source = open_input(request.image, limit=max(limit, max_pixels()))
     asked = Margins.checked(request.left, request.right, request.top, request.bottom)
     margins = asked.rounded()
-    final_size = margins.grown(original.size)
+    final_size = margins.grown(source.size)
     check_output_size(final_size, limit)  # the whole canvas, before it is allocated
+    original, alpha = split_alpha(source)
     notes = []
     if margins != asked:
         notes.append(
@@ -101,6 +96,20 @@ def iter_outpaint(request: OutpaintRequest, on_step: StepCallback | None = None)
             + ", ".join(f"{side} {v}" for side, v in margins.named().items())
             + f" (output {final_size[0]}x{final_size[1]})"
         )
+    return source, original, alpha, margins, notes
+
+
+def iter_outpaint(request: OutpaintRequest, on_step: StepCallback | None = None) -> Iterator[ImageResult]:
+    """Yield extended pictures one by one (image i uses seed + i).
+
+    Margins are rounded up to multiples of 8 (a note says so). The new area is pre-filled with the
+    stretched edges plus noise, masked with a band reaching into the old picture, inpainted, and the
+    original pixels pasted back: the original region of the output is identical to the input (alpha
+    too, for a transparent picture; the new area is opaque).
+    """
+    from dreamcli.engine import pipeline_for
+
+    source, original, alpha, margins, notes = read_inputs(request)
     pipe, loaded = pipeline_for("inpaint", request.model)
     native = native_size(loaded)
     passes = plan_passes(original.size, margins, native)
@@ -112,6 +121,11 @@ def iter_outpaint(request: OutpaintRequest, on_step: StepCallback | None = None)
         for number, step in enumerate(passes):
             picture = outpaint_once(pipe, loaded, picture, step, native, request, sub_seed(seed, number), counter)
         picture.paste(original, (margins.left, margins.top))
+        if alpha is not None:  # the new area is opaque; the original keeps its RGBA exactly
+            canvas_alpha = Image.new("L", picture.size, 255)
+            canvas_alpha.paste(alpha, (margins.left, margins.top))
+            picture = with_alpha(picture, canvas_alpha)
+            picture.paste(convert(source, "RGBA"), (margins.left, margins.top))
         record = make_image_record(
             "outpaint", request, loaded, pipe, seed, index, picture,
             {"margins": margins.named(), "passes": len(passes)},

@@ -15,7 +15,7 @@ from PIL import Image
 
 from dreamcli.imageops.resample import back_project
 from dreamcli.imageops.tiles import process_tiles, tile_boxes
-from dreamcli.io.images import to_rgb
+from dreamcli.io.images import split_alpha, with_alpha
 from dreamcli.limits import max_pixels
 from dreamcli.requests import UpscaleRequest
 from dreamcli.tasks.image_common import (
@@ -168,15 +168,26 @@ def upscale_tiled(pipe, loaded, canvas: Image.Image, tile: int, overlap: int, re
     return process_tiles(canvas, (tile, tile), overlap, redraw)
 
 
-def iter_upscale(request: UpscaleRequest, on_step: StepCallback | None = None) -> Iterator[ImageResult]:
-    """Yield enlarged pictures one by one (image i uses seed + i), exactly `scale` times the input's size."""
-    from dreamcli.engine import pipeline_for
-
+def read_inputs(request: UpscaleRequest) -> tuple[Image.Image, Image.Image | None, tuple[int, int]]:
+    """(the picture laid on white as 8-bit RGB, its alpha or None, the output size), checked before any model
+    loads."""
     limit = pixel_limit(request)
     # Reading is safe up to the general limit even when --max-pixels asks for smaller outputs.
-    original = to_rgb(open_input(request.image, limit=max(limit, max_pixels())))
-    target = (original.width * request.scale, original.height * request.scale)
+    source = open_input(request.image, limit=max(limit, max_pixels()))
+    target = (source.width * request.scale, source.height * request.scale)
     check_output_size(target, limit)  # before the enlarged canvas is allocated
+    original, alpha = split_alpha(source)
+    return original, alpha, target
+
+
+def iter_upscale(request: UpscaleRequest, on_step: StepCallback | None = None) -> Iterator[ImageResult]:
+    """Yield enlarged pictures one by one (image i uses seed + i), exactly `scale` times the input's size.
+
+    A transparent picture keeps its alpha, enlarged with a Lanczos filter.
+    """
+    from dreamcli.engine import pipeline_for
+
+    original, alpha, target = read_inputs(request)
     first = base_seed(request.seed)
     if is_x4_upscaler(request.model.model):
         loaded = load_x4_upscaler(request)
@@ -184,7 +195,7 @@ def iter_upscale(request: UpscaleRequest, on_step: StepCallback | None = None) -
         for index in range(request.num_images):
             seed = first + index
             counter = StepCounter(on_step, steps=request.num_inference_steps)
-            image = upscale_x4(loaded, original, target, request, seed, counter)
+            image = with_alpha(upscale_x4(loaded, original, target, request, seed, counter), alpha)
             record = make_image_record("upscale", request, loaded, pipe, seed, index, image,
                                        {"method": "sd-x4-upscaler", "source": source_name(request.image)})
             yield ImageResult(image, seed, index, record)
@@ -199,6 +210,7 @@ def iter_upscale(request: UpscaleRequest, on_step: StepCallback | None = None) -
         # Every tile is prompted with the whole picture's prompt, so a tile may invent an object the
         # prompt names; back-projection keeps the model's fine detail and takes such inventions out.
         image = back_project(upscale_tiled(pipe, loaded, canvas, tile, overlap, request, seed, counter), original)
+        image = with_alpha(image, alpha)
         record = make_image_record(
             "upscale", request, loaded, pipe, seed, index, image,
             {"method": "tiled-img2img", "tile": tile, "overlap": overlap, "tiles": tiles,

@@ -1,0 +1,54 @@
+"""`dream img2img`: redraw pictures from a prompt (A1111's img2img tab)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dreamcli.cli import common
+from dreamcli.cli.common import user_errors
+from dreamcli.cli.image_common import (
+    ImagesArg,
+    PromptOption,
+    build_request,
+    images_and_prompt,
+    output_target,
+    run_tasks,
+    slug_text,
+    task_settings,
+)
+
+Img2ImgStrength = Annotated[float | None, typer.Option(
+    "--strength", help="How much the model may change (default 0.75): near 0 keeps the picture, 1 redraws it from "
+    "noise; it runs steps x strength denoising steps.")]
+
+
+@common.with_shared_flags
+def img2img(
+    images: ImagesArg,
+    prompt: PromptOption = None,
+    strength: Img2ImgStrength = None,
+    width: Annotated[int | None, typer.Option(
+        "-W", "--width", help="Output width (default: the picture's shape at the model's size).")] = None,
+    height: Annotated[int | None, typer.Option(
+        "-H", "--height", help="Output height (multiple of 8).")] = None,
+    flags: dict | None = None,  # the shared flags: see common.with_shared_flags
+    json_out: bool = False,
+    quiet: bool = False,
+) -> None:
+    """Redraw each IMAGE from PROMPT; --strength says how far from the picture the model may go."""
+    from dreamcli.requests import Img2ImgRequest
+    from dreamcli.tasks.img2img import iter_img2img, read_inputs
+
+    with user_errors():
+        pictures, text = images_and_prompt(images, prompt)
+        settings, used_preset = task_settings(flags)
+        requests = [build_request(
+            Img2ImgRequest, settings, image=image, prompt=text, strength=strength, width=width, height=height,
+        ) for image in pictures]
+        target, fmt = output_target(settings)
+        slugs = [slug_text(text, "img2img", image, len(pictures) > 1) for image in pictures]
+        code = run_tasks(iter_img2img, requests, target, fmt, used_preset, json_out, quiet, slugs, check=read_inputs)
+    if code:
+        raise typer.Exit(code)
