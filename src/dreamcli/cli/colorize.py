@@ -12,6 +12,8 @@ from dreamcli.cli.image_common import (
     ImagesArg,
     PromptOption,
     Strength,
+    WorkHeight,
+    WorkWidth,
     build_request,
     images_and_prompt,
     output_target,
@@ -28,10 +30,8 @@ def colorize(
     color_prompt: Annotated[str | None, typer.Option(
         "--color-prompt", help="Words that ask for colour, after PROMPT (default: 'a colorful photo').")] = None,
     strength: Strength = None,
-    width: Annotated[int | None, typer.Option(
-        "-W", "--width", help="Width the model works at (default: the picture's shape at the model's size).")] = None,
-    height: Annotated[int | None, typer.Option(
-        "-H", "--height", help="Height the model works at (multiple of 8).")] = None,
+    width: WorkWidth = None,
+    height: WorkHeight = None,
     flags: dict | None = None,  # the shared flags: see common.with_shared_flags
     json_out: bool = False,
     quiet: bool = False,

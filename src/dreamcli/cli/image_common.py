@@ -19,6 +19,9 @@ MaxPixels = Annotated[int | None, typer.Option(
     rich_help_panel="Output")]
 Strength = Annotated[float | None, typer.Option(
     "--strength", help="How much the model may change: 0 keeps the input, 1 redraws from noise.")]
+WorkWidth = Annotated[int | None, typer.Option(
+    "-W", "--width", help="Width the model works at (default: the picture's shape at the model's size).")]
+WorkHeight = Annotated[int | None, typer.Option("-H", "--height", help="Height the model works at (multiple of 8).")]
 ImageArg = Annotated[str, typer.Argument(help="The picture to work on (PNG, JPEG, WebP, ...).")]
 ImagesArg = Annotated[list[str], typer.Argument(
     metavar="IMAGE", show_default=False,
@@ -129,12 +132,6 @@ def stop(progress) -> None:
         progress.stop()
 
 
-def run_task(iterate, request, outdir: Path, fmt: str, preset: str | None, as_json: bool, quiet: bool,
-             slug: str) -> int:
-    """Run one task on one picture, writing each output as soon as it exists; returns the exit code."""
-    return run_tasks(iterate, [request], outdir, fmt, preset, as_json, quiet, [slug])
-
-
 def run_tasks(iterate, requests: list, outdir: Path, fmt: str, preset: str | None, as_json: bool, quiet: bool,
               slugs: list[str], check=None) -> int:
     """Run one task on several pictures (one request each) in one progress display; returns the exit code.
@@ -205,5 +202,5 @@ def slug_text(prompt: str, task: str, image: str, several: bool = False) -> str:
     return prompt.strip() or f"{task} {Path(image).stem}"
 
 
-__all__ = ["MaxPixels", "Strength", "ImageArg", "ImagesArg", "PromptOption", "task_settings", "build_request",
-           "output_target", "run_task", "run_tasks", "images_and_prompt", "slug_text"]
+__all__ = ["MaxPixels", "Strength", "WorkWidth", "WorkHeight", "ImageArg", "ImagesArg", "PromptOption",
+           "task_settings", "build_request", "output_target", "run_tasks", "images_and_prompt", "slug_text"]

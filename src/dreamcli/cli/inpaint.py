@@ -12,6 +12,8 @@ from dreamcli.cli.image_common import (
     ImagesArg,
     PromptOption,
     Strength,
+    WorkHeight,
+    WorkWidth,
     build_request,
     images_and_prompt,
     output_target,
@@ -31,10 +33,8 @@ def inpaint(
         "--mask-blur", help="Feather the mask's edge by this many pixels (default 4).")] = None,
     invert_mask: Annotated[bool, typer.Option("--invert-mask", help="Repaint the black area instead.")] = False,
     strength: Strength = None,
-    width: Annotated[int | None, typer.Option(
-        "-W", "--width", help="Width the model works at (default: the picture's shape at the model's size).")] = None,
-    height: Annotated[int | None, typer.Option(
-        "-H", "--height", help="Height the model works at (multiple of 8).")] = None,
+    width: WorkWidth = None,
+    height: WorkHeight = None,
     flags: dict | None = None,  # the shared flags: see common.with_shared_flags
     json_out: bool = False,
     quiet: bool = False,
