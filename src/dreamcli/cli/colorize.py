@@ -7,19 +7,13 @@ from typing import Annotated
 import typer
 
 from dreamcli.cli import common
-from dreamcli.cli.common import user_errors
 from dreamcli.cli.image_common import (
     ImagesArg,
     PromptOption,
     Strength,
     WorkHeight,
     WorkWidth,
-    build_request,
-    images_and_prompt,
-    output_target,
-    run_tasks,
-    slug_text,
-    task_settings,
+    run_image_command,
 )
 
 
@@ -40,15 +34,8 @@ def colorize(
     from dreamcli.requests import ColorizeRequest
     from dreamcli.tasks.colorize import iter_colorize, read_inputs
 
-    with user_errors():
-        pictures, text = images_and_prompt(images, prompt)
-        settings, used_preset = task_settings(flags)
-        requests = [build_request(
-            ColorizeRequest, settings, image=image, prompt=text, color_prompt=color_prompt, strength=strength,
-            controlnet=settings.get("controlnet"), width=width, height=height,
-        ) for image in pictures]
-        target, fmt = output_target(settings)
-        slugs = [slug_text(text, "colorize", image, len(pictures) > 1) for image in pictures]
-        code = run_tasks(iter_colorize, requests, target, fmt, used_preset, json_out, quiet, slugs, check=read_inputs)
-    if code:
-        raise typer.Exit(code)
+    run_image_command(
+        "colorize", iter_colorize, read_inputs, ColorizeRequest, images, prompt, flags, json_out, quiet,
+        dict(color_prompt=color_prompt, strength=strength, width=width, height=height),
+        from_settings={"controlnet": "controlnet"},
+    )

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from dreamcli.cli import common
-from dreamcli.cli.common import console, emit, hint
+from dreamcli.cli.common import console, emit, hint, user_errors
 from dreamcli.errors import DreamError, InputError
 from dreamcli.requests import FORMATS, SETTING_TO_FIELD, model_options_from
 
@@ -132,6 +132,25 @@ def stop(progress) -> None:
         progress.stop()
 
 
+def run_image_command(task: str, iterate, check, request_class, images: list[str], prompt: str | None, flags: dict,
+                      json_out: bool, quiet: bool, fields: dict, task_model_key: str | None = None,
+                      from_settings: dict | None = None) -> None:
+    """What every image command does with its arguments: one request per picture (the command's own `fields`,
+    plus request fields taken from the merged settings, e.g. a preset's `controlnet`), then run_tasks; exits
+    with its code."""
+    with user_errors():
+        pictures, text = images_and_prompt(images, prompt)
+        settings, used_preset = task_settings(flags, task_model_key)
+        extra = {field: settings.get(key) for field, key in (from_settings or {}).items()}
+        requests = [build_request(request_class, settings, image=image, prompt=text, **fields, **extra)
+                    for image in pictures]
+        target, fmt = output_target(settings)
+        slugs = [slug_text(text, task, image, len(pictures) > 1) for image in pictures]
+        code = run_tasks(iterate, requests, target, fmt, used_preset, json_out, quiet, slugs, check=check)
+    if code:
+        raise typer.Exit(code)
+
+
 def run_tasks(iterate, requests: list, outdir: Path, fmt: str, preset: str | None, as_json: bool, quiet: bool,
               slugs: list[str], check=None) -> int:
     """Run one task on several pictures (one request each) in one progress display; returns the exit code.
@@ -203,4 +222,5 @@ def slug_text(prompt: str, task: str, image: str, several: bool = False) -> str:
 
 
 __all__ = ["MaxPixels", "Strength", "WorkWidth", "WorkHeight", "ImageArg", "ImagesArg", "PromptOption",
-           "task_settings", "build_request", "output_target", "run_tasks", "images_and_prompt", "slug_text"]
+           "task_settings", "build_request", "output_target", "run_tasks", "run_image_command", "images_and_prompt",
+           "slug_text"]

@@ -7,16 +7,10 @@ from typing import Annotated
 import typer
 
 from dreamcli.cli import common
-from dreamcli.cli.common import user_errors
 from dreamcli.cli.image_common import (
     ImagesArg,
     PromptOption,
-    build_request,
-    images_and_prompt,
-    output_target,
-    run_tasks,
-    slug_text,
-    task_settings,
+    run_image_command,
 )
 
 Img2ImgStrength = Annotated[float | None, typer.Option(
@@ -41,14 +35,7 @@ def img2img(
     from dreamcli.requests import Img2ImgRequest
     from dreamcli.tasks.img2img import iter_img2img, read_inputs
 
-    with user_errors():
-        pictures, text = images_and_prompt(images, prompt)
-        settings, used_preset = task_settings(flags)
-        requests = [build_request(
-            Img2ImgRequest, settings, image=image, prompt=text, strength=strength, width=width, height=height,
-        ) for image in pictures]
-        target, fmt = output_target(settings)
-        slugs = [slug_text(text, "img2img", image, len(pictures) > 1) for image in pictures]
-        code = run_tasks(iter_img2img, requests, target, fmt, used_preset, json_out, quiet, slugs, check=read_inputs)
-    if code:
-        raise typer.Exit(code)
+    run_image_command(
+        "img2img", iter_img2img, read_inputs, Img2ImgRequest, images, prompt, flags, json_out, quiet,
+        dict(strength=strength, width=width, height=height),
+    )

@@ -7,19 +7,13 @@ from typing import Annotated
 import typer
 
 from dreamcli.cli import common
-from dreamcli.cli.common import user_errors
 from dreamcli.cli.image_common import (
     ImagesArg,
     PromptOption,
     Strength,
     WorkHeight,
     WorkWidth,
-    build_request,
-    images_and_prompt,
-    output_target,
-    run_tasks,
-    slug_text,
-    task_settings,
+    run_image_command,
 )
 
 
@@ -43,15 +37,9 @@ def inpaint(
     from dreamcli.requests import InpaintRequest
     from dreamcli.tasks.inpaint import iter_inpaint, read_inputs
 
-    with user_errors():
-        pictures, text = images_and_prompt(images, prompt)
-        settings, used_preset = task_settings(flags, "inpaint_model")
-        requests = [build_request(
-            InpaintRequest, settings, image=image, mask=mask or "", prompt=text, mask_blur=mask_blur,
-            invert_mask=invert_mask, strength=strength, width=width, height=height,
-        ) for image in pictures]
-        target, fmt = output_target(settings)
-        slugs = [slug_text(text, "inpaint", image, len(pictures) > 1) for image in pictures]
-        code = run_tasks(iter_inpaint, requests, target, fmt, used_preset, json_out, quiet, slugs, check=read_inputs)
-    if code:
-        raise typer.Exit(code)
+    run_image_command(
+        "inpaint", iter_inpaint, read_inputs, InpaintRequest, images, prompt, flags, json_out, quiet,
+        dict(mask=mask or "", mask_blur=mask_blur, invert_mask=invert_mask, strength=strength, width=width,
+             height=height),
+        task_model_key="inpaint_model",
+    )

@@ -7,18 +7,12 @@ from typing import Annotated
 import typer
 
 from dreamcli.cli import common
-from dreamcli.cli.common import user_errors
 from dreamcli.cli.image_common import (
     ImagesArg,
     MaxPixels,
     PromptOption,
     Strength,
-    build_request,
-    images_and_prompt,
-    output_target,
-    run_tasks,
-    slug_text,
-    task_settings,
+    run_image_command,
 )
 
 
@@ -48,14 +42,8 @@ def outpaint(
 
     sides = {name: value if value is not None else (all_sides or 0)
              for name, value in (("left", left), ("right", right), ("top", top), ("bottom", bottom))}
-    with user_errors():
-        pictures, text = images_and_prompt(images, prompt)
-        settings, used_preset = task_settings(flags, "inpaint_model")
-        requests = [build_request(
-            OutpaintRequest, settings, image=image, prompt=text, strength=strength, max_pixels=max_pixels, **sides,
-        ) for image in pictures]
-        target, fmt = output_target(settings)
-        slugs = [slug_text(text, "outpaint", image, len(pictures) > 1) for image in pictures]
-        code = run_tasks(iter_outpaint, requests, target, fmt, used_preset, json_out, quiet, slugs, check=read_inputs)
-    if code:
-        raise typer.Exit(code)
+    run_image_command(
+        "outpaint", iter_outpaint, read_inputs, OutpaintRequest, images, prompt, flags, json_out, quiet,
+        dict(strength=strength, max_pixels=max_pixels, **sides),
+        task_model_key="inpaint_model",
+    )

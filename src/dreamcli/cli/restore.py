@@ -7,16 +7,10 @@ from typing import Annotated
 import typer
 
 from dreamcli.cli import common
-from dreamcli.cli.common import user_errors
 from dreamcli.cli.image_common import (
     ImagesArg,
     PromptOption,
-    build_request,
-    images_and_prompt,
-    output_target,
-    run_tasks,
-    slug_text,
-    task_settings,
+    run_image_command,
 )
 
 RestoreStrength = Annotated[float | None, typer.Option(
@@ -37,15 +31,8 @@ def restore(
     from dreamcli.requests import RestoreRequest
     from dreamcli.tasks.restore import iter_restore, read_inputs
 
-    with user_errors():
-        pictures, text = images_and_prompt(images, prompt)
-        settings, used_preset = task_settings(flags)
-        requests = [build_request(
-            RestoreRequest, settings, image=image, prompt=text, strength=strength,
-            controlnet=settings.get("tile_controlnet"),
-        ) for image in pictures]
-        target, fmt = output_target(settings)
-        slugs = [slug_text(text, "restore", image, len(pictures) > 1) for image in pictures]
-        code = run_tasks(iter_restore, requests, target, fmt, used_preset, json_out, quiet, slugs, check=read_inputs)
-    if code:
-        raise typer.Exit(code)
+    run_image_command(
+        "restore", iter_restore, read_inputs, RestoreRequest, images, prompt, flags, json_out, quiet,
+        dict(strength=strength),
+        from_settings={"controlnet": "tile_controlnet"},
+    )

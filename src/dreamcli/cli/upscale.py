@@ -7,18 +7,12 @@ from typing import Annotated
 import typer
 
 from dreamcli.cli import common
-from dreamcli.cli.common import user_errors
 from dreamcli.cli.image_common import (
     ImagesArg,
     MaxPixels,
     PromptOption,
     Strength,
-    build_request,
-    images_and_prompt,
-    output_target,
-    run_tasks,
-    slug_text,
-    task_settings,
+    run_image_command,
 )
 
 
@@ -43,15 +37,9 @@ def upscale(
     from dreamcli.requests import UpscaleRequest
     from dreamcli.tasks.upscale import iter_upscale, read_inputs
 
-    with user_errors():
-        pictures, text = images_and_prompt(images, prompt)
-        settings, used_preset = task_settings(flags, "upscale_model")
-        requests = [build_request(
-            UpscaleRequest, settings, image=image, prompt=text, scale=scale, tile=tile, overlap=overlap,
-            noise_level=noise_level, strength=strength, max_pixels=max_pixels,
-        ) for image in pictures]
-        target, fmt = output_target(settings)
-        slugs = [slug_text(text, f"upscale x{scale}", image, len(pictures) > 1) for image in pictures]
-        code = run_tasks(iter_upscale, requests, target, fmt, used_preset, json_out, quiet, slugs, check=read_inputs)
-    if code:
-        raise typer.Exit(code)
+    run_image_command(
+        f"upscale x{scale}", iter_upscale, read_inputs, UpscaleRequest, images, prompt, flags, json_out, quiet,
+        dict(scale=scale, tile=tile, overlap=overlap, noise_level=noise_level, strength=strength,
+             max_pixels=max_pixels),
+        task_model_key="upscale_model",
+    )
