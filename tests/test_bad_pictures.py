@@ -67,6 +67,8 @@ def run_with(cli, tiny, tmp_path):
         "outpaint": lambda p: cli("outpaint", p, "x", "--right", 8, *model),
         "colorize": lambda p: cli("colorize", p, *model),
         "upscale": lambda p: cli("upscale", p, "--scale", 2, "--strength", 0.5, *model),
+        "img2img": lambda p: cli("img2img", p, "x", "--strength", 0.5, *model),
+        "restore": lambda p: cli("restore", p, "--strength", 0.5, *model),
         "info": lambda p: cli("info", p),
         "gen --from": lambda p: cli("gen", "--from", p, *model),
         "tune --images": lambda p: cli("tune", "-m", tiny["sd1"], "--images", folder_with(p, "subject"),
@@ -82,8 +84,8 @@ def run_with(cli, tiny, tmp_path):
     return run
 
 
-COMMANDS = ["inpaint", "inpaint --mask", "outpaint", "colorize", "upscale", "info", "gen --from", "tune --images",
-            "tune --class-dir"]
+COMMANDS = ["inpaint", "inpaint --mask", "outpaint", "colorize", "upscale", "img2img", "restore", "info", "gen --from",
+            "tune --images", "tune --class-dir"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
