@@ -7,6 +7,7 @@ trap 'rm -rf "$scratch"' EXIT
 PY=$scratch/venv/bin/python
 bash scripts/install-torch.sh "$PY"
 "$PY" -m pip install -q -e '.[test]'
+"$PY" -m pip install -q --no-deps spandrel einops  # as scripts/setup.sh does
 
 # The venv's versions as lock lines: without dreamcli itself and torch (which comes from the machine).
 freeze() {

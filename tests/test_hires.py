@@ -139,7 +139,7 @@ def test_prompt_file_lines_set_hires_per_line(gen, tmp_path):
     (["--hires", 2, "--hires-strength", 0], "hires-strength 0 is out of range"),
     (["--hires", 2, "--hires-strength", 1.5], "hires-strength 1.5 is out of range"),
     (["--hires", 2, "--hires-steps", 0], "hires-steps 0 is too few"),
-    (["--hires", 2, "--hires-upscaler", "4x-UltraSharp"], "unknown hires-upscaler '4x-UltraSharp': use latent or"),
+    (["--hires", 2, "--hires-upscaler", "SwinIR_4x"], "unknown hires-upscaler 'SwinIR_4x': use latent, lanczos"),
     (["--hires", 2, "--hires-steps", 1], "hires-steps 1 x hires-strength 0.5 is less than one denoising step"),
     (["--hires", 2.5, "-W", 2048, "-H", 2048], "the hires image is 5120x5120"),
 ])

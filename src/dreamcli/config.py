@@ -135,6 +135,22 @@ def load_preset(name: str) -> dict:
     return _resolve_paths(data, path.parent)
 
 
+def upscaler_tables() -> dict[str, str]:
+    """Upscaler names the `[upscalers]` tables define (NAME = file or hub file), in every preset and then the
+    user config, later ones winning; a "./x" file is next to the TOML file that names it."""
+    names: dict[str, str] = {}
+    user = dreamcli_home() / "config.toml"
+    for path in [*_builtin_presets().values(), *_user_presets().values(), *([user] if user.is_file() else [])]:
+        table = _read_toml(path).get("upscalers", {})
+        if not isinstance(table, dict):
+            raise InputError(f"{path}: [upscalers] must be a table of NAME = \"file or owner/repo/file\"")
+        for name, ref in table.items():
+            if not isinstance(ref, str):
+                raise InputError(f"{path}: upscalers.{name} must be a file name in quotes")
+            names[name] = str((path.parent / ref).resolve()) if ref.startswith(("./", "../")) else ref
+    return names
+
+
 def package_path(ref: str) -> Path:
     """Turn `package:demo/model` into the path of that folder inside the installed package."""
     return Path(str(resources.files("dreamcli").joinpath(ref[len(PACKAGE_PREFIX):])))

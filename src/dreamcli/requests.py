@@ -209,6 +209,22 @@ def check_batch_pixels(count: int, width: int, height: int, what: str, fix: str)
         )
 
 
+def check_upscaler_ref(ref: str, flag: str, others: str = "") -> None:
+    """An upscaler's name or file must be one dream knows (nothing is loaded here)."""
+    from dreamcli import upscalers
+
+    if not ref:
+        raise InputError(f"{flag} is empty: name an upscaler or a .pth / .safetensors file")
+    if upscalers.is_file_ref(ref):
+        check_path_text(flag, ref)
+        return
+    names = upscalers.available()
+    if ref.lower() not in {name.lower() for name in names}:
+        choices = ", ".join(filter(None, [others, *sorted(names)]))
+        raise InputError(f"unknown {flag} {ref!r}: use {choices}, or a .pth / .safetensors file (files in "
+                         f"{upscalers.named_folder()} are named by their file name)")
+
+
 def check_size(name: str, value: int | None) -> None:
     """Width and height must be positive multiples of 8 (the VAE downsamples by 8)."""
     if value is None:
@@ -240,11 +256,12 @@ class GenRequest:
     seed: int | None = None  # None: a random base seed, drawn and recorded by the task
     # Hires fix (A1111's): draw at the size above, enlarge by hires_scale, then redraw that with img2img.
     hires_scale: float | None = None  # None (or 0, which turns a preset's hires off): no second pass
-    hires_upscaler: str = "latent"  # "latent": the latents, bilinear (A1111's Latent); "lanczos": the picture
+    hires_upscaler: str = "latent"  # "latent": the latents, bilinear (A1111's Latent); "lanczos": the picture;
+    # else an upscaler's name or file (upscalers.py), run on the picture
     hires_strength: float = 0.5  # how much the second pass redraws (A1111's Denoising strength)
     hires_steps: int | None = None  # the second pass's steps before strength; None: the same as the first's
 
-    HIRES_UPSCALERS = ("latent", "lanczos")  # a class constant, not a field: a named GAN upscaler joins here
+    HIRES_UPSCALERS = ("latent", "lanczos")  # a class constant, not a field; any other value names a GAN upscaler
 
     def __post_init__(self):
         check_field_types(self)
@@ -280,10 +297,11 @@ class GenRequest:
             object.__setattr__(self, "hires_scale", None)
         if self.hires_scale is not None and not 1 <= self.hires_scale <= 8:
             raise InputError(f"hires {self.hires_scale:g} is out of range: use 1 to 8 (2 doubles each side; 0 is off)")
-        upscaler = self.hires_upscaler.strip().lower()  # A1111 writes "Latent" and "Lanczos"
-        if upscaler not in self.HIRES_UPSCALERS:
-            raise InputError(f"unknown hires-upscaler {shown(self.hires_upscaler)}: use latent or lanczos (named "
-                             "GAN upscalers such as R-ESRGAN are not supported in hires yet)")
+        upscaler = self.hires_upscaler.strip()
+        if upscaler.lower() in self.HIRES_UPSCALERS:  # A1111 writes "Latent" and "Lanczos"
+            upscaler = upscaler.lower()
+        else:
+            check_upscaler_ref(upscaler, "hires-upscaler", "latent, lanczos")
         object.__setattr__(self, "hires_upscaler", upscaler)
         if not 0 < self.hires_strength <= 1:
             raise InputError(f"hires-strength {self.hires_strength:g} is out of range: use more than 0 and at most 1 "
@@ -540,7 +558,8 @@ class TuneConfig:
 
 # ---- image to image (inpaint, outpaint, colorize, upscale) ----
 
-UPSCALE_FACTORS = (2, 4)
+UPSCALE_FACTORS = (2, 4)  # the SD paths (x4 upscaler, tiled redraw over Lanczos)
+GAN_MAX_SCALE = 8  # with an upscaler model: any whole factor up to this (a 2x model runs as often as needed)
 
 
 def _check_shared(request) -> None:
@@ -590,6 +609,10 @@ class ImageRequestBase:
     guidance_scale: float = 7.5
     num_images: int = 1
     seed: int | None = None  # None: a random base seed, drawn and recorded by the task
+
+    def uses_model(self) -> bool:
+        """Whether a diffusion model runs (not for an upscaler model alone)."""
+        return True
 
     def to_dict(self) -> dict:
         """Plain JSON-ready fields (what the image metadata stores); an in-memory picture is named as such."""
@@ -743,12 +766,28 @@ class UpscaleRequest(ImageRequestBase):
     overlap: int | None = None  # tiled path: pixels neighbouring tiles share; None: a quarter tile
     noise_level: int = 20  # x4 upscaler only: noise added to the low-res input (diffusers' default)
     max_pixels: int | None = None  # None: limits.max_pixels()
+    upscaler: str | None = None  # a GAN/transformer upscaler's name or file (upscalers.py); None: Lanczos
+    redraw: bool = True  # False: the upscaler alone, no diffusion model (A1111's Extras tab)
 
     def __post_init__(self):
         _check_shared(self)
         _check_max_pixels(self)
-        if self.scale not in UPSCALE_FACTORS:
-            raise InputError(f"scale {self.scale} is not supported: use --scale 2 or --scale 4")
+        if self.upscaler is not None:
+            check_upscaler_ref(self.upscaler, "upscaler")
+            if not 1 <= self.scale <= GAN_MAX_SCALE:
+                raise InputError(f"scale {self.scale} is not supported: use --scale 1 to {GAN_MAX_SCALE} "
+                                 "with --upscaler")
+            if not self.redraw and self.num_images > 1:
+                raise InputError(f"an upscaler alone gives the same picture every time: leave out -n "
+                                 f"{self.num_images}, or add --strength to redraw it with the model")
+        elif not self.redraw:
+            raise InputError("nothing would enlarge the picture: name an --upscaler, or let the model redraw it")
+        elif self.scale not in UPSCALE_FACTORS:
+            raise InputError(f"scale {self.scale} is not supported: use --scale 2 or --scale 4 (other factors "
+                             "need an --upscaler)")
+        if self.redraw and self.scale == 1:
+            raise InputError("scale 1 with a redraw changes nothing the model adds detail to: use dream img2img, "
+                             "or --scale 1 with an --upscaler alone (no --strength)")
         check_size("tile", self.tile)
         if self.tile is not None:
             from dreamcli.limits import check_pixels
@@ -760,3 +799,7 @@ class UpscaleRequest(ImageRequestBase):
             raise InputError(f"overlap {self.overlap} must be less than the tile size {self.tile}: lower --overlap")
         if not 0 <= self.noise_level <= 350:
             raise InputError(f"noise-level {self.noise_level} is out of range: use 0 to 350 (20 is usual)")
+
+    def uses_model(self) -> bool:
+        """An upscaler model alone runs no diffusion model."""
+        return self.redraw

@@ -184,7 +184,7 @@ def run_tasks(iterate, requests: list, outdir: Path, fmt: str, preset: str | Non
     try:
         if check is not None and len(requests) > 1:
             check_all_inputs(check, requests)
-        if preset == "demo" and requests[0].model.model.startswith("package:"):
+        if preset == "demo" and requests[0].model.model.startswith("package:") and requests[0].uses_model():
             hint(DEMO_HINT, quiet)
         for request, slug in zip(requests, slugs, strict=True):
             for result in iterate(request, on_step):

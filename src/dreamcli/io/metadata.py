@@ -20,6 +20,9 @@ HIRES_UPSCALER_NAMES = {"latent": "Latent", "lanczos": "Lanczos"}  # ours -> A11
 def a1111_parameters(record: dict) -> str:
     """Format a dreamcli record as A1111's `parameters` text (what civitai and PNG Info read)."""
     req = record["request"]
+    if record.get("method") == "upscaler":  # an upscaler model alone: what A1111's Extras tab writes
+        return (f"Postprocess upscale by: {req['scale']}, Postprocess upscaler: {record['upscaler']['name']}, "
+                f"Version: dreamcli {record['versions']['dreamcli']}")
     lines = [req["prompt"]]
     if req.get("negative_prompt"):
         lines.append(f"Negative prompt: {req['negative_prompt']}")
@@ -49,6 +52,8 @@ def a1111_parameters(record: dict) -> str:
         fields["Hires upscale"] = f"{req['hires_scale']:g}"
         fields["Hires steps"] = req.get("hires_steps") or req["num_inference_steps"]
         fields["Hires upscaler"] = HIRES_UPSCALER_NAMES.get(req["hires_upscaler"], req["hires_upscaler"])
+    if record.get("upscaler"):  # the SD upscale's first stage, as A1111's "SD upscale" script names it
+        fields["SD upscale upscaler"] = record["upscaler"]["name"]
     fields["Version"] = f"dreamcli {record['versions']['dreamcli']}"
     lines.append(", ".join(f"{k}: {v}" for k, v in fields.items() if v != ""))
     return "\n".join(lines)

@@ -116,9 +116,14 @@ def hires_fix(request: GenRequest, first_pipe, latents, picture: Image.Image | N
     upscaler, note = upscaler_for(request, loaded)
     if upscaler == "latent":
         source = upscale_latents(first_pipe, latents, size, final)
-    else:
-        # A named GAN upscaler (issue 13's `--upscaler NAME`) goes here: a picture in, a larger picture out.
+    elif upscaler == "lanczos":
         source = picture.resize(final, Image.Resampling.LANCZOS)
+    else:  # an upscaler model (A1111's R-ESRGAN 4x+ and the like), on the same device as the diffusion model
+        from dreamcli import upscalers
+
+        options = request.model
+        model = upscalers.load(upscaler, loaded.device, options.dtype, options.allow_unsafe_pickle)
+        source = upscalers.enlarge(model, picture, final)
     steps = hires_steps(request)
     kwargs = {
         "request": request,  # for fit_call: which settings the user changed

@@ -35,6 +35,7 @@ from dreamcli.tasks.image_common import (
     source_name,
     sub_seed,
 )
+from dreamcli.upscalers import enlarge
 
 X4_CLASS = "StableDiffusionUpscalePipeline"
 _X4_CACHE: dict[tuple, object] = {}
@@ -189,6 +190,13 @@ def iter_upscale(request: UpscaleRequest, on_step: StepCallback | None = None) -
 
     original, alpha, target = read_inputs(request)
     first = base_seed(request.seed)
+    upscaler = load_upscaler(request) if request.upscaler is not None else None
+    if upscaler is not None and not request.redraw:
+        image = with_alpha(enlarge(upscaler, original, target, request.tile, request.overlap, on_step), alpha)
+        for index in range(request.num_images):  # the same picture each time: an upscaler has no noise
+            yield ImageResult(image, first + index, index, upscaler_record(request, upscaler, first + index, index,
+                                                                             image))
+        return
     if is_x4_upscaler(request.model.model):
         loaded = load_x4_upscaler(request)
         pipe = loaded.pipe
@@ -206,7 +214,8 @@ def iter_upscale(request: UpscaleRequest, on_step: StepCallback | None = None) -
     for index in range(request.num_images):
         seed = first + index
         counter = StepCounter(on_step, tiles)
-        canvas = original.resize(target, Image.Resampling.LANCZOS)
+        canvas = (original.resize(target, Image.Resampling.LANCZOS) if upscaler is None else
+                  enlarge(upscaler, original, target))  # A1111's SD upscale: the upscaler, then tiles redrawn
         # Every tile is prompted with the whole picture's prompt, so a tile may invent an object the
         # prompt names; back-projection keeps the model's fine detail and takes such inventions out.
         image = back_project(upscale_tiled(pipe, loaded, canvas, tile, overlap, request, seed, counter), original)
@@ -214,9 +223,40 @@ def iter_upscale(request: UpscaleRequest, on_step: StepCallback | None = None) -
         record = make_image_record(
             "upscale", request, loaded, pipe, seed, index, image,
             {"method": "tiled-img2img", "tile": tile, "overlap": overlap, "tiles": tiles,
-             "consistency": "back-projection", "source": source_name(request.image)},
+             "consistency": "back-projection", "source": source_name(request.image),
+             **({"upscaler": upscaler_facts(upscaler)} if upscaler else {})},
         )
         yield ImageResult(image, seed, index, record)
+
+
+def load_upscaler(request: UpscaleRequest):
+    """The request's upscaler model, on the request's device (cached per process)."""
+    from dreamcli import upscalers
+
+    options = request.model
+    return upscalers.load(request.upscaler, options.device, options.dtype, options.allow_unsafe_pickle)
+
+
+def upscaler_facts(upscaler) -> dict:
+    """What the record says of an upscaler model: enough to find the same file again."""
+    return {"name": upscaler.name, "file": str(upscaler.path), "hash": upscaler.file_hash(),
+            "architecture": upscaler.architecture, "scale": upscaler.scale}
+
+
+def upscaler_record(request: UpscaleRequest, upscaler, seed: int, index: int, image: Image.Image) -> dict:
+    """The record of a picture enlarged by an upscaler model alone (no diffusion model ran)."""
+    from dataclasses import replace
+
+    from dreamcli.tasks.generate import versions
+
+    own = replace(request, seed=seed, num_images=1)
+    return {
+        "task": "upscale", "method": "upscaler", "request": own.to_dict(), "seed": seed, "index": index,
+        "width": image.width, "height": image.height, "model": str(upscaler.path), "model_name": upscaler.name,
+        "model_path": str(upscaler.path), "model_hash": upscaler.file_hash(), "family": "upscaler",
+        "guidance": "none", "scheduler": "", "sampler": "", "device": upscaler.device, "dtype": upscaler.dtype,
+        "upscaler": upscaler_facts(upscaler), "source": source_name(request.image), "versions": versions(),
+    }
 
 
 def upscale(request: UpscaleRequest, on_step: StepCallback | None = None) -> list[ImageResult]:
