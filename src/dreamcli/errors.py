@@ -35,3 +35,7 @@ class DemoModelMissing(InputError):
 
 class IncompatibleLibraries(DreamError):
     """Installed libraries whose versions do not work together: the machine's fault, not the input's."""
+
+
+class Note(UserWarning):
+    """Something the user should know about a result that still went ahead (the CLI prints it as a note)."""

@@ -8,13 +8,14 @@ import functools
 import inspect
 import os
 import sys
+import warnings
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from dreamcli.errors import DreamError
+from dreamcli.errors import DreamError, Note
 
 # stdout carries only results (paths or JSON lines); everything for people goes to stderr.
 console = Console(stderr=True, highlight=False)
@@ -58,9 +59,21 @@ def disk_full_line(error: BaseException) -> str | None:
 @contextlib.contextmanager
 def user_errors():
     """Turn DreamError into a red line and its exit code; a full disk into a red line and exit 1;
-    unexpected errors keep their traceback."""
+    unexpected errors keep their traceback. Notes the library warns of (errors.Note) are printed once each."""
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, Note):
+            return original(message, category, filename, lineno, file, line)
+        if str(message) not in shown:
+            shown.add(str(message))
+            console.print(Text("note: ", style="yellow") + Text(str(message)), soft_wrap=True)
+
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", Note)
+            original, warnings.showwarning = warnings.showwarning, show
+            yield
     except DreamError as e:
         error_line(str(e))
         raise typer.Exit(e.exit_code) from None

@@ -73,6 +73,9 @@ class Family:
     task_problem: Callable[[str, object], str | None] | None = None  # (task, pipe) -> why this model cannot
     t5_optional: bool = False  # its pipeline runs with the T5 encoder left out (--no-t5)
     upcast_vae: bool = False  # its pipelines decode in fp32 when the VAE config asks (force_upcast): SDXL's do
+    # How A1111 prompt weights are honoured (tasks/prompt_weights.py): "clip" (one CLIP encoder), "clip-pair"
+    # (SDXL's two) or "text" (T5 and other encoders that read text: the syntax is taken out)
+    prompt_encoding: str = "text"
 
     def pipeline_class(self, task: str) -> str:
         """The diffusers class for a task, or a one-line refusal naming the family and the command."""

@@ -28,6 +28,7 @@ def is_sd_folder(index: dict) -> bool:
 FAMILY = Family(
     name="sd1",
     label="SD 1.x",
+    prompt_encoding="clip",
     index_classes=SD_CLASSES,
     pipelines=SD_PIPELINES,
     config_repos={"": "stable-diffusion-v1-5/stable-diffusion-v1-5"},

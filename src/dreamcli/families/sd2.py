@@ -9,6 +9,7 @@ from dreamcli.families.sd1 import SD_CLASSES, SD_PIPELINES, cross_attention_widt
 FAMILY = Family(
     name="sd2",
     label="SD 2.x",
+    prompt_encoding="clip",
     index_classes=SD_CLASSES,
     pipelines=SD_PIPELINES,
     config_repos={"": "stabilityai/stable-diffusion-2-1"},

@@ -12,6 +12,7 @@ CLASSES = frozenset(
 FAMILY = Family(
     name="sdxl",
     label="SDXL",
+    prompt_encoding="clip-pair",
     index_classes=CLASSES,
     pipelines={
         "text2img": "StableDiffusionXLPipeline",

@@ -130,6 +130,10 @@ def fit_call(pipe, loaded, kwargs: dict) -> dict:
     defaults = {f.name: f.default for f in dataclasses.fields(request)} if request is not None else {}
     kwargs = {**kwargs, **family.call_args(pipe, kwargs)}
     accepted = inspect.signature(pipe.__call__).parameters
+    if "prompt_embeds" in accepted:  # A1111 weights, BREAK and long prompts (Kandinsky's prior has no such input)
+        from dreamcli.tasks.prompt_weights import embed_prompts
+
+        kwargs = embed_prompts(pipe, family.prompt_encoding, kwargs)
     fitted = {}
     for key, value in kwargs.items():
         if key in accepted:
