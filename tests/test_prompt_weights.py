@@ -170,3 +170,27 @@ def test_t5_families_get_the_words_and_a_note(cli, families, tmp_path):
     assert np.array_equal(pixels(made[0][0]), pixels(made[1][0]))  # the same words reach T5
     assert "note: weights and BREAK need a CLIP-only model" in made[1][1]
     assert "note:" not in made[0][1]
+
+
+def test_a_t5_prompt_past_its_window_says_how_much_is_dropped(cli, families, tmp_path):
+    long = "a red circle on a blue background " * 60
+    result = cli("gen", long, "-m", families["flux-schnell"], "--steps", 1, "-s", 3, "-o", tmp_path / "o")
+    assert result.exit_code == 0, result.stderr
+    assert "note: the prompt is" in result.stderr and "reads 256: the last" in result.stderr
+
+
+def test_a_down_weighted_colour_is_drawn_less_on_the_demo_model():
+    """The demo world's reader counts red circles on 16 seeds: `(red:0.3)` must draw far fewer than plain red."""
+    from dreamcli.config import merge_settings
+    from dreamcli.demo.world import read
+    from dreamcli.requests import gen_request_from
+    from dreamcli.tasks import generate
+
+    counts = {}
+    for prompt in ("a red circle on a blue background", "a (red:0.3) circle on a blue background"):
+        settings, _ = merge_settings({"prompt": prompt, "seed": 0, "num_images": 16})
+        readings = [read(r.image) for r in generate(gen_request_from(settings), batch_size=16)]
+        counts[prompt] = sum(r.color == "red" and r.shape == "circle" for r in readings)
+        assert sum(r.shape == "circle" for r in readings) >= 12  # still circles: only the colour was weighed down
+    plain, weak = counts.values()
+    assert plain >= 12 and weak <= plain // 2, counts  # measured: 16 and 1

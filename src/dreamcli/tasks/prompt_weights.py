@@ -3,8 +3,8 @@
 `(word)` multiplies a word's weight by 1.1, `((word))` by 1.21, `[word]` divides it by 1.1, `(word:1.3)` sets the
 factor, `\\(` is a literal bracket, and `BREAK` starts a new chunk. A CLIP encoder reads 75 tokens at a time: a longer
 prompt is cut into chunks (at the last comma when one is near the cut, as A1111 does), each encoded on its own and
-then laid end to end, which the UNet's cross-attention takes at any length. A chunk's token vectors are scaled by
-their weights, and the chunk is then rescaled to keep its mean, as A1111 does.
+then laid end to end, which the UNet's cross-attention takes at any length. Weights above 1 scale the words' vectors
+(A1111's way); weights below 1 blend toward the prompt without those words (compel's way): see _encode_chunk.
 
 CLIP families (SD 1.x, 2.x and SDXL) get all of it. The T5 families read the prompt as text and have no per-token
 weights: there the syntax is taken out, leaving the words, with a note. A prompt without brackets, BREAK or excess
@@ -141,21 +141,40 @@ def needs_embedding(tokenizer, prompt: str | None) -> bool:
 
 
 def _encode_chunk(tokenizer, encoder, ids: list[int], weights: list[float], hidden: str):
-    """One chunk through one encoder: (token vectors scaled by weight with the mean kept, pooled output)."""
+    """One chunk through one encoder: (weighted token vectors, pooled output or None).
+
+    Up-weights as A1111: the words' vectors are scaled and the chunk then rescaled to its former mean.
+    Down-weights as compel and InvokeAI: a blend toward the chunk encoded with those words masked out. Scaling a
+    word's own vectors down leaves the word in the vectors after it (CLIP attends causally, and the end tokens
+    carry the whole sentence), so on the demo model `(red:0.3)` drew as many red shapes as `red`; masked, it
+    draws far fewer.
+    """
     import torch
 
     size = tokenizer.model_max_length
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    row = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
-    row += [pad] * (size - len(row))
-    scale = [1.0, *weights, 1.0] + [1.0] * (size - len(weights) - 2)
-    device = encoder.device
-    out = encoder(torch.tensor([row], device=device), output_hidden_states=hidden == "penultimate")
-    states = out.hidden_states[-2] if hidden == "penultimate" else out[0]
-    pooled = out[0] if out[0].ndim == 2 else None  # CLIPTextModelWithProjection's text_embeds (SDXL's second)
-    if any(w != 1.0 for w in weights):
+    row = torch.tensor([[tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] + [pad] * (size - len(ids) - 2)],
+                       device=encoder.device)
+
+    def run(mask=None):
+        out = encoder(row, attention_mask=mask, output_hidden_states=hidden == "penultimate")
+        states = out.hidden_states[-2] if hidden == "penultimate" else out[0]
+        return states, out[0] if out[0].ndim == 2 else None  # SDXL's second encoder: its text_embeds
+
+    full, full_pooled = run()
+    states, pooled = full, full_pooled
+    for weight in sorted({w for w in weights if w < 1}):
+        mask = torch.ones_like(row)
+        mask[0, [1 + i for i, w in enumerate(weights) if w == weight]] = 0
+        masked, masked_pooled = run(mask)
+        states = states + (masked - full) * (1 - weight)
+        if pooled is not None:
+            pooled = pooled + (masked_pooled - full_pooled) * (1 - weight)
+    if any(w > 1 for w in weights):
+        scale = torch.ones(size, device=states.device, dtype=states.dtype)
+        scale[1 : 1 + len(weights)] = torch.tensor([max(w, 1.0) for w in weights], dtype=states.dtype)
         before = states.mean()
-        states = states * torch.tensor(scale, device=device, dtype=states.dtype)[None, :, None]
+        states = states * scale[None, :, None]
         ratio = float(before / states.mean())
         # CLIP's states have a clear mean; an encoder whose states centre on 0 (a final norm without bias)
         # would turn the ratio into noise over noise: there the weights stand unrescaled.
@@ -204,7 +223,7 @@ def embed_prompts(pipe, encoding: str, kwargs: dict) -> dict:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     negatives = None if negative is None else [negative] * len(prompts) if isinstance(negative, str) else negative
     if encoding == "text":
-        return _plain_for_text_encoders(kwargs, prompts, negatives, isinstance(prompt, str))
+        return _plain_for_text_encoders(pipe, kwargs, prompts, negatives, isinstance(prompt, str))
     tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
     if not any(needs_embedding(tokenizer, p) for p in prompts + (negatives or [])):
         return kwargs
@@ -228,8 +247,38 @@ def embed_prompts(pipe, encoding: str, kwargs: dict) -> dict:
     return out
 
 
-def _plain_for_text_encoders(kwargs: dict, prompts: list[str], negatives: list[str] | None, single: bool) -> dict:
+def _text_window(pipe, kwargs: dict):
+    """(tokenizer, tokens it reads) of the encoder that reads the most of a prompt: T5 where there is one."""
+    import inspect
+
+    tokenizers = [getattr(pipe, name, None) for name in ("tokenizer_3", "tokenizer_2", "tokenizer", "prior_tokenizer")]
+    tokenizers = [t for t in tokenizers if t is not None]
+    if not tokenizers:
+        return None, 0
+    tokenizer = next((t for t in tokenizers if "T5" in type(t).__name__), tokenizers[0])
+    argument = inspect.signature(pipe.__call__).parameters.get("max_sequence_length")
+    limit = kwargs.get("max_sequence_length") or (argument.default if argument is not None else None)
+    return tokenizer, int(limit or tokenizer.model_max_length)
+
+
+def _note_truncation(pipe, kwargs: dict, prompts: list[str]) -> None:
+    """Say how many tokens an encoder that cannot chunk will drop (diffusers only logs it)."""
+    tokenizer, limit = _text_window(pipe, kwargs)
+    if tokenizer is None:
+        return
+    for prompt in prompts:
+        count = len(tokenizer(prompt, add_special_tokens=True).input_ids)
+        if count > limit:
+            warnings.warn(Note(f"the prompt is {count} tokens and this model's text encoder reads {limit}: the last "
+                               f"{count - limit} are dropped (shorten it, or use an SD 1.x/2.x/SDXL model, which "
+                               "reads long prompts in chunks)"), stacklevel=3)
+            return
+
+
+def _plain_for_text_encoders(pipe, kwargs: dict, prompts: list[str], negatives: list[str] | None,
+                             single: bool) -> dict:
     weighted = [p for p in prompts + (negatives or []) if p and has_syntax(p)]
+    _note_truncation(pipe, kwargs, [plain_text(p) for p in prompts + (negatives or []) if p])
     if not weighted:
         return kwargs
     warnings.warn(Note("weights and BREAK need a CLIP-only model (SD 1.x, 2.x, SDXL): this model reads the prompt "
