@@ -9,12 +9,14 @@ import typer
 from dreamcli import __version__
 from dreamcli.cli.bench import bench
 from dreamcli.cli.colorize import colorize
+from dreamcli.cli.gallery import gallery
 from dreamcli.cli.gen import gen
 from dreamcli.cli.img2img import img2img
 from dreamcli.cli.info import info
 from dreamcli.cli.inpaint import inpaint
 from dreamcli.cli.outpaint import outpaint
 from dreamcli.cli.restore import restore
+from dreamcli.cli.serve import serve
 from dreamcli.cli.tune import tune
 from dreamcli.cli.upscale import upscale
 
@@ -53,6 +55,8 @@ app.command("restore")(restore)
 app.command("tune")(tune)
 app.command("dreambooth-tune", help="Alias of `dream tune`.")(tune)
 app.command("bench")(bench)
+app.command("serve")(serve)
+app.command("gallery")(gallery)
 
 
 def main() -> None:

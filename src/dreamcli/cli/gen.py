@@ -201,9 +201,7 @@ def run_plan(plan: GenPlan, as_json: bool, quiet: bool) -> int:
 
     if launched():
         return run_sharded(plan, as_json, quiet)
-    from dreamcli.io.metadata import save_options
-    from dreamcli.io.outputs import ensure_outdir, save_atomic
-    from dreamcli.tasks import iter_generate_many
+    from dreamcli.run import generate_written
 
     loaded = _load(plan, quiet)
     total = sum(r.num_images for r in plan.requests)
@@ -212,13 +210,8 @@ def run_plan(plan: GenPlan, as_json: bool, quiet: bool) -> int:
     progress, on_step = _progress(plan, quiet, total)
     try:
         with progress:
-            for result in iter_generate_many(plan.requests, on_step, plan.batch_size):
+            for result, path in generate_written(plan.requests, plan.outdir, plan.fmt, plan.batch_size, on_step):
                 _notes(result, told, quiet)
-                outdir = ensure_outdir(plan.outdir)  # created only once there is something to write
-                path = save_atomic(
-                    result.image, outdir, result.seed, result.record["request"]["prompt"], plan.fmt,
-                    **save_options(result.record, plan.fmt),
-                )
                 written += 1
                 progress.advance(progress.task_ids[0])
                 progress.reset(progress.task_ids[1])
@@ -230,6 +223,32 @@ def run_plan(plan: GenPlan, as_json: bool, quiet: bool) -> int:
     return 0
 
 
+def run_remote(plan: GenPlan, url: str, as_json: bool, quiet: bool) -> int:
+    """`--server URL`: a running `dream serve` makes the images, this process writes them as a local run would
+    (same names, records and stdout lines). Nothing heavy is imported here, and nothing falls back to a local load.
+    """
+    from types import SimpleNamespace
+
+    from dreamcli.client import Server, generate_remote
+    from dreamcli.run import write
+
+    server = Server(url)
+    written, told = 0, set()
+    started = time.perf_counter()
+    try:
+        for image, record, notes in generate_remote(server, plan):
+            result = SimpleNamespace(image=image, seed=record["seed"], record=record, notes=notes)
+            _notes(result, told, quiet)
+            path = write(result, plan.outdir, plan.fmt)
+            written += 1
+            emit(_result_line(path, record, as_json))
+    except KeyboardInterrupt:
+        hint(f"interrupted: kept {written} finished image(s) in {plan.outdir}")
+        return common.INTERRUPTED
+    hint(f"{written} image(s) in {time.perf_counter() - started:.1f} s by {server.shown}", quiet)
+    return 0
+
+
 def run_sharded(plan: GenPlan, as_json: bool, quiet: bool) -> int:
     """One of several launched processes: make this process's share of the images.
 
@@ -238,9 +257,9 @@ def run_sharded(plan: GenPlan, as_json: bool, quiet: bool) -> int:
     process would write. Paths are printed by the main process, in run order, once all are done.
     """
     from dreamcli.engine import pick_device
-    from dreamcli.io.metadata import save_options
-    from dreamcli.io.outputs import ensure_outdir, next_counter, save_atomic
+    from dreamcli.io.outputs import ensure_outdir, next_counter
     from dreamcli.parallel import start_shard
+    from dreamcli.run import write
     from dreamcli.tasks.generate import image_jobs, iter_generate_jobs
 
     shard = start_shard(pick_device(plan.requests[0].model.device))
@@ -257,10 +276,7 @@ def run_sharded(plan: GenPlan, as_json: bool, quiet: bool) -> int:
             results = iter_generate_jobs([job for _, job in mine], on_step, plan.batch_size)
             for (k, job), result in zip(mine, results, strict=True):
                 _notes(result, told, quiet_here)
-                path = save_atomic(
-                    result.image, outdir, result.seed, job.request.prompt, plan.fmt, counter=start + k,
-                    **save_options(result.record, plan.fmt),
-                )
+                path = write(result, outdir, plan.fmt, job.request.prompt, counter=start + k)
                 lines.append((k, _result_line(path, result.record, as_json)))
                 progress.advance(progress.task_ids[0])
                 progress.reset(progress.task_ids[1])
@@ -280,21 +296,13 @@ def run_sharded(plan: GenPlan, as_json: bool, quiet: bool) -> int:
 
 def _load(plan: GenPlan, quiet: bool):
     """Load the first request's model (the cache serves the rest) and say what was loaded."""
-    from dreamcli.engine import load_model
+    from dreamcli.run import load
 
-    first = plan.requests[0].model
-    started = time.perf_counter()
-    loaded = load_model(first)
-    if first.model.startswith("package:"):
+    loaded, notes = load(plan.requests)
+    if plan.requests[0].model.model.startswith("package:"):
         hint(DEMO_HINT, quiet)
-    if loaded.memory_reason:
-        hint(loaded.memory_reason, quiet)
-    hint(
-        f"model {loaded.source.name} ({loaded.spec.label}) "
-        f"on {loaded.device}, {loaded.dtype}, "
-        f"loaded in {time.perf_counter() - started:.1f} s",
-        quiet,
-    )
+    for note in notes:
+        hint(note, quiet)
     return loaded
 
 
@@ -371,6 +379,10 @@ def gen(
     width: common.Width = None,
     height: common.Height = None,
     batch_size: common.BatchSize = None,
+    server: Annotated[str | None, typer.Option(
+        "--server", envvar="DREAM_SERVER", metavar="URL", help="Let a running `dream serve` make the images (also "
+        "$DREAM_SERVER; credentials as http://USER:PASS@host:port); they are written here as usual.",
+        rich_help_panel="Output")] = None,
     flags: dict | None = None,  # the shared flags: see common.with_shared_flags
     json_out: bool = False,
     quiet: bool = False,
@@ -393,6 +405,6 @@ def gen(
                                           ("--hires-steps", hires_steps)) if value is not None]
         if given and not any(request.hires_scale for request in plan.requests):
             hint(f"{', '.join(given)} does nothing without --hires SCALE", quiet)
-        code = run_plan(plan, json_out, quiet)
+        code = run_remote(plan, server, json_out, quiet) if server else run_plan(plan, json_out, quiet)
     if code:
         raise typer.Exit(code)
