@@ -1,10 +1,10 @@
 """Make the README's image-to-image example pictures with the built-in demo model.
 
-    python docs/image-to-image/make_examples.py      # from the repository root; about a minute on a CPU
+    python docs/image-to-image/make_examples.py      # from the repository root; about 5 minutes on 2 cores
 
-It draws the input pictures the README's commands name (photo.png, mask.png, old-photo.jpg, from
-the demo's shapes world), runs those commands as typed plus `-s 0`, and puts every input beside its
-output in `examples.png`.
+It draws the input pictures the README's commands name (photo.png, mask.png, old-photo.jpg, blocky.jpg,
+from the demo's shapes world), runs those commands as typed plus `-s 0`, and puts every input beside its
+output in `examples.png` (for the hires fix: the same `dream gen` without --hires beside it).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 FOLDER = HERE.relative_to(ROOT).as_posix()  # docs/image-to-image, as the README's commands name it
 MASK_BOX = (36, 36, 92, 92)  # around the photo's triangle
+ZOOM = {"restore": (0, 32, 64, 96)}  # rows shown as a crop at 2x, nearest pixels: JPEG blocks are that small
 
 # (label, the README's command after `dream`, the input shown in the figure)
 COMMANDS = [
@@ -32,6 +33,10 @@ COMMANDS = [
                   "a yellow triangle on a green background"], "photo.png"),
     ("colorize", ["colorize", f"{FOLDER}/old-photo.jpg", "a yellow square on a purple background"], "old-photo.jpg"),
     ("upscale", ["upscale", f"{FOLDER}/photo.png", "--scale", "4"], "photo.png"),
+    ("img2img", ["img2img", f"{FOLDER}/photo.png", "a red triangle on a blue background", "--strength", "0.6"],
+     "photo.png"),
+    ("restore", ["restore", f"{FOLDER}/blocky.jpg"], "blocky.jpg"),
+    ("hires", ["gen", "a red circle on a blue background", "--hires", "2"], None),
 ]
 
 
@@ -43,6 +48,8 @@ def make_inputs() -> None:
     mask.save(HERE / "mask.png", optimize=True)
     old = draw(Scene("square", "yellow", "purple", "center", "large")).convert("L")
     old.save(HERE / "old-photo.jpg", quality=90)
+    blocky = draw(Scene("circle", "red", "white", "left", "large"))
+    blocky.save(HERE / "blocky.jpg", quality=8)  # heavy JPEG artefacts for restore
 
 
 def shown_with_mask(photo: Image.Image) -> Image.Image:
@@ -66,7 +73,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as outdir:
         for label, args, source in COMMANDS:
-            before = Image.open(HERE / source).convert("RGB")
+            if source is None:  # gen --hires: beside the same command without it
+                before = run([a for a in args if a not in ("--hires", "2")], Path(outdir))
+            else:
+                before = Image.open(HERE / source).convert("RGB")
             if label == "inpaint":
                 before = shown_with_mask(before)
             rows.append((label, before, run(args, Path(outdir))))
@@ -75,7 +85,11 @@ def main() -> None:
     def fit(image: Image.Image) -> Image.Image:
         return image.resize((image.width * height // image.height, height), Image.Resampling.LANCZOS)
 
-    scaled = [(fit(a), fit(b)) for _, a, b in rows]
+    def zoom(label: str, image: Image.Image) -> Image.Image:
+        box = ZOOM.get(label)
+        return image if box is None else image.crop(box).resize((128, 128), Image.Resampling.NEAREST)
+
+    scaled = [(fit(zoom(label, a)), fit(zoom(label, b))) for label, a, b in rows]
     width = max(a.width + b.width for a, b in scaled) + 3 * 8
     strip = Image.new("RGB", (width, len(scaled) * (height + 8) + 8), (255, 255, 255))
     for i, (a, b) in enumerate(scaled):
