@@ -127,11 +127,11 @@ def test_a_full_window_is_cut_at_its_last_comma(pipes):
 # ---------------------------------------------------------------- through dream gen
 
 
-def test_words_past_the_first_window_change_the_picture(gen):
+def test_words_past_the_first_window_change_the_picture(gen, tmp_path):
     head = "a red circle, " * 19  # 76 tokens: the window is full before the tail
     made = {}
     for name, prompt in (("head", head), ("long", head + "a blue square on a green background")):
-        result, outdir = gen(prompt, "-s", 2, "-o", f"out-{name}")
+        result, outdir = gen(prompt, "-s", 2, "-o", tmp_path / name)
         assert result.exit_code == 0, result.stderr
         made[name] = result.stdout.strip()
     assert not np.array_equal(pixels(made["head"]), pixels(made["long"]))  # diffusers would cut the tail off

@@ -43,11 +43,12 @@ EXTRA = {
     "colorize": lambda p: [],
     "upscale": lambda p: ["--scale", 2, "--strength", 0.5],
     "img2img": lambda p: ["--strength", 0.5],
+    "restore": lambda p: [],
 }
 # Output size per input size (w, h): img2img draws at the tiny model's 32x32 area in the picture's 3:2 shape.
 SIZE = {
     "inpaint": lambda w, h: (w, h), "outpaint": lambda w, h: (w + 8, h), "colorize": lambda w, h: (w, h),
-    "upscale": lambda w, h: (2 * w, 2 * h), "img2img": lambda w, h: (40, 24),
+    "upscale": lambda w, h: (2 * w, 2 * h), "img2img": lambda w, h: (40, 24), "restore": lambda w, h: (w, h),
 }
 
 
