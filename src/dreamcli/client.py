@@ -115,13 +115,16 @@ def model_title(plan) -> str:
 
 
 def check_remote(plan) -> None:
-    """Refuse what a server cannot take from a client: paths on this machine (LoRAs, model configs)."""
+    """Refuse what a server cannot take from a client: paths on this machine (LoRAs, configs, embeddings)."""
     options = plan.requests[0].model
     if options.loras:
         raise InputError("--lora names a file on this machine, which the server cannot read: run without --server, "
                          "or put the LoRA in a preset on the server")
     if options.model_config:
         raise InputError("--model-config names a path on this machine: run without --server")
+    if options.embeddings:
+        raise InputError("--embedding names a file on this machine: run without --server, or put the file in the "
+                         "server's $DREAMCLI_HOME/embeddings/ and use its name in the prompt")
 
 
 def generate_remote(server: Server, plan):

@@ -31,7 +31,7 @@ SETTING_KEYS = {
     "model", "model_config", "scheduler", "steps", "guidance", "guidance_rescale", "negative", "width", "height",
     "num_images", "seed", "lora", "device", "dtype", "offload", "vae_tiling", "attention_slicing",
     "outdir", "format", "allow_unsafe_pickle", "compile", "channels_last", "fuse_qkv", "batch_size", "quantize",
-    "no_t5", "hires", "hires_upscaler", "hires_strength", "hires_steps",
+    "no_t5", "hires", "hires_upscaler", "hires_strength", "hires_steps", "embedding",
 }
 # Keys a preset may carry for other tasks (inpaint, upscale, tune) or for people reading it.
 PRESET_ONLY_KEYS = {"description", "inpaint_model", "upscale_model", "controlnet", "tile_controlnet"}

@@ -129,6 +129,7 @@ class ModelOptions:
     model_config: str | None = None
     scheduler: str | None = None
     loras: tuple[LoraRef, ...] = ()
+    embeddings: tuple[str, ...] = ()  # textual-inversion files, FILE[:WORD] (embeddings.py)
     device: str = "auto"
     dtype: str = "auto"
     offload: str | None = None  # None or "auto": chosen to fit on CUDA; "none" | "model" | "sequential" | "group"
@@ -150,6 +151,14 @@ class ModelOptions:
         check_path_text("model-config", self.model_config)
         if not isinstance(self.loras, tuple) or not all(isinstance(lora, LoraRef) for lora in self.loras):
             raise InputError(f"loras must be a tuple of LoraRef, got {shown(self.loras)}")
+        if not isinstance(self.embeddings, tuple) or not all(isinstance(e, str) for e in self.embeddings):
+            raise InputError(f"embedding must be a file or a list of files (FILE or FILE:WORD), got "
+                             f"{shown(self.embeddings)}")
+        from dreamcli.embeddings import check_ref
+
+        for ref in self.embeddings:
+            check_path_text("embedding", ref)
+            check_ref(ref)
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise InputError(
                 f"unknown scheduler {self.scheduler!r}: use one of {', '.join(SCHEDULERS)}"
@@ -363,11 +372,13 @@ def model_options_from(settings: dict) -> ModelOptions:
         loras = (loras,)
     if not isinstance(loras, list | tuple) or not all(isinstance(lora, str | LoraRef) for lora in loras):
         raise InputError(f"lora must be a path or a list of paths (PATH or PATH:SCALE), got {shown(loras)}")
+    embeddings = settings.get("embedding") or ()
     return ModelOptions(
         model=settings.get("model") or "",
         model_config=settings.get("model_config"),
         scheduler=settings.get("scheduler"),
         loras=tuple(lora if isinstance(lora, LoraRef) else LoraRef.parse(lora) for lora in loras),
+        embeddings=(embeddings,) if isinstance(embeddings, str) else tuple(embeddings),
         device=settings.get("device") or "auto",
         dtype=settings.get("dtype") or "auto",
         offload=settings.get("offload"),
@@ -419,6 +430,7 @@ def gen_request_from(settings: dict, model: ModelOptions | None = None) -> GenRe
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 EXPORT_FORMATS = ("kohya",)
 LORA_LAYERS = ("attention", "all")
+TIMESTEP_DENSITIES = ("logit_normal", "mode", "cosmap", "uniform")  # flow-matching families (SD3, Flux)
 
 
 @dataclass(frozen=True)
@@ -466,6 +478,7 @@ class TuneConfig:
     class_guidance: float = 7.5
     seed: int = 0
     export: tuple[str, ...] = ()
+    timestep_density: str = "logit_normal"  # SD3/Flux: how training timesteps are drawn (the SD3 paper's choices)
 
     def __post_init__(self):
         check_field_types(self)
@@ -521,6 +534,10 @@ class TuneConfig:
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise InputError(
                 f"unknown mixed precision {self.mixed_precision!r}: use one of {', '.join(MIXED_PRECISIONS)}"
+            )
+        if self.timestep_density not in TIMESTEP_DENSITIES:
+            raise InputError(
+                f"unknown timestep density {self.timestep_density!r}: use {', '.join(TIMESTEP_DENSITIES)}"
             )
         if self.lora_layers not in LORA_LAYERS:
             raise InputError(f"unknown layers {self.lora_layers!r}: use {' or '.join(LORA_LAYERS)}")

@@ -106,6 +106,9 @@ Scheduler = Annotated[str | None, typer.Option(
     "--scheduler", help="Sampler by friendly name; `--scheduler list` shows them.", rich_help_panel="Model")]
 Lora = Annotated[list[str] | None, typer.Option(
     "--lora", help="LoRA file or folder, optional :SCALE (repeatable).", rich_help_panel="Model")]
+Embedding = Annotated[list[str] | None, typer.Option(
+    "--embedding", help="Textual-inversion embedding FILE[:WORD] (repeatable); files in $DREAMCLI_HOME/embeddings "
+    "load when their name is in the prompt.", rich_help_panel="Model")]
 Device = Annotated[str | None, typer.Option(
     "--device", help="auto | cpu | cuda[:N] | mps.", rich_help_panel="Hardware")]
 Dtype = Annotated[str | None, typer.Option(
@@ -161,7 +164,8 @@ Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or hints
 SHARED_FLAGS = {
     "model": (Model, None), "preset": (Preset, None), "model_config": (ModelConfig, None),
     "num_images": (NumImages, None), "seed": (Seed, None), "steps": (Steps, None), "guidance": (Guidance, None),
-    "negative": (Negative, None), "scheduler": (Scheduler, None), "lora": (Lora, None), "outdir": (Outdir, None),
+    "negative": (Negative, None), "scheduler": (Scheduler, None), "lora": (Lora, None), "embedding": (Embedding, None),
+    "outdir": (Outdir, None),
     "format": (Format, None), "device": (Device, None), "dtype": (Dtype, None), "offload": (Offload, None),
     "quantize": (Quantize, None), "no_t5": (NoT5, None), "vae_tiling": (VaeTiling, None),
     "attention_slicing": (AttentionSlicing, None), "compile": (Compile, None), "channels_last": (ChannelsLast, None),
@@ -187,6 +191,7 @@ def with_shared_flags(command):
     def wrapper(**arguments):
         flags = {name: arguments.pop(name) for name in SHARED_FLAGS}
         flags["lora"] = flags["lora"] or None  # Typer gives [] for a list option never used
+        flags["embedding"] = flags["embedding"] or None
         return command(flags=flags, **arguments)
 
     wrapper.__signature__ = signature

@@ -85,6 +85,7 @@ def image_settings(path: str, meta: dict) -> dict:
             "width": req.get("width"), "height": req.get("height"),
             "seed": record.get("seed"), "num_images": 1, "model": ref, "model_config": model.get("model_config"),
             "scheduler": model.get("scheduler"), "lora": model.get("loras"), "dtype": model.get("dtype"),
+            "embedding": model.get("embeddings") or None,
             # Both change pixels: fp8 weights round, and SD3 without T5 sees less of the prompt.
             "quantize": model.get("quantize"), "no_t5": model.get("no_t5"),
             # Hires 0 (off) when the record has none, so that a preset's or config's hires does not apply.

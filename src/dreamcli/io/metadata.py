@@ -42,6 +42,8 @@ def a1111_parameters(record: dict) -> str:
     }
     if req["model"].get("loras"):
         fields["Loras"] = '"' + ", ".join(req["model"]["loras"]) + '"'
+    if record.get("embeddings"):
+        fields["TI hashes"] = '"' + ", ".join(f"{k}: {v}" for k, v in record["embeddings"].items()) + '"'
     # Image-to-image records (inpaint, outpaint, colorize, upscale): the fields A1111 writes for img2img.
     if "strength" in req:
         fields["Denoising strength"] = f"{req['strength']:g}"

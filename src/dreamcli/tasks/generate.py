@@ -71,9 +71,10 @@ def base_record(request, loaded, pipe, seed: int, index: int, image) -> dict:
 
     `request` is the image's own request: its seed, and a count of one.
     """
+    from dreamcli import embeddings
     from dreamcli.schedulers import a1111_sampler_name
 
-    return {
+    record = {
         "request": request.to_dict(),
         "seed": seed,
         "index": index,
@@ -91,6 +92,11 @@ def base_record(request, loaded, pipe, seed: int, index: int, image) -> dict:
         "dtype": loaded.dtype,
         "versions": versions(),
     }
+    if hasattr(loaded, "spec") and loaded.spec.prompt_encoding != "text":
+        used = embeddings.record(request.model.embeddings, [request.prompt, request.negative_prompt])
+        if used:
+            record["embeddings"] = used  # word -> short hash (A1111's TI hashes)
+    return record
 
 
 @dataclass(frozen=True)

@@ -131,8 +131,12 @@ def fit_call(pipe, loaded, kwargs: dict) -> dict:
     kwargs = {**kwargs, **family.call_args(pipe, kwargs)}
     accepted = inspect.signature(pipe.__call__).parameters
     if "prompt_embeds" in accepted:  # A1111 weights, BREAK and long prompts (Kandinsky's prior has no such input)
+        from dreamcli import embeddings
         from dreamcli.tasks.prompt_weights import embed_prompts
 
+        if request is not None:
+            embeddings.apply(pipe, family.prompt_encoding, request.model.embeddings, prompt_texts(kwargs),
+                             request.model.allow_unsafe_pickle)
         kwargs = embed_prompts(pipe, family.prompt_encoding, kwargs)
     fitted = {}
     for key, value in kwargs.items():
@@ -144,6 +148,15 @@ def fit_call(pipe, loaded, kwargs: dict) -> dict:
                 f"leave it out"
             )
     return fitted
+
+
+def prompt_texts(kwargs: dict) -> list[str]:
+    """The prompts and negative prompts of a pipeline call, as a flat list."""
+    out = []
+    for key in ("prompt", "negative_prompt"):
+        value = kwargs.get(key)
+        out += [value] if isinstance(value, str) else list(value or [])
+    return out
 
 
 def latents_of(pipe, kwargs: dict):

@@ -229,6 +229,9 @@ def embed_prompts(pipe, encoding: str, kwargs: dict) -> dict:
         return kwargs
     import torch
 
+    if hasattr(pipe, "maybe_convert_prompt"):  # a multi-vector embedding's word becomes its N tokens, as diffusers does
+        prompts = [pipe.maybe_convert_prompt(p, tokenizer) for p in prompts]
+        negatives = None if negatives is None else [pipe.maybe_convert_prompt(n, tokenizer) for n in negatives]
     pair = encoding == "clip-pair"
     with torch.no_grad():
         count = _chunk_count(pipe, prompts + (negatives or [""]))
