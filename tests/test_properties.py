@@ -78,6 +78,7 @@ GOOD = {
     "hires": st.sampled_from([None, 0, 1, 1.5, 2]), "hires_upscaler": st.sampled_from(["latent", "Lanczos"]),
     "hires_strength": st.floats(0.05, 1), "hires_steps": st.sampled_from([None, 10, 30]),
     "compile": SWITCH, "channels_last": SWITCH, "fuse_qkv": SWITCH,
+    "embedding": st.sampled_from([None, []]),  # a real one must exist: tests/test_embeddings.py
 }
 
 

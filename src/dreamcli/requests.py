@@ -345,7 +345,8 @@ SETTING_TO_FIELD = {
     "hires_strength": "hires_strength",
     "hires_steps": "hires_steps",
 }
-MODEL_SETTINGS = tuple(f.name for f in fields(ModelOptions) if f.name != "loras") + ("lora",)
+MODEL_SETTINGS = tuple(f.name for f in fields(ModelOptions) if f.name not in ("loras", "embeddings")) + (
+    "lora", "embedding")
 _TYPES = {
     "steps": int, "num_images": int, "seed": int, "width": int, "height": int,
     "guidance": float, "guidance_rescale": float, "prompt": str, "negative": str,
@@ -373,12 +374,16 @@ def model_options_from(settings: dict) -> ModelOptions:
     if not isinstance(loras, list | tuple) or not all(isinstance(lora, str | LoraRef) for lora in loras):
         raise InputError(f"lora must be a path or a list of paths (PATH or PATH:SCALE), got {shown(loras)}")
     embeddings = settings.get("embedding") or ()
+    if isinstance(embeddings, str):
+        embeddings = (embeddings,)
+    if not isinstance(embeddings, list | tuple) or not all(isinstance(e, str) for e in embeddings):
+        raise InputError(f"embedding must be a file or a list of files (FILE or FILE:WORD), got {shown(embeddings)}")
     return ModelOptions(
         model=settings.get("model") or "",
         model_config=settings.get("model_config"),
         scheduler=settings.get("scheduler"),
         loras=tuple(lora if isinstance(lora, LoraRef) else LoraRef.parse(lora) for lora in loras),
-        embeddings=(embeddings,) if isinstance(embeddings, str) else tuple(embeddings),
+        embeddings=tuple(embeddings),
         device=settings.get("device") or "auto",
         dtype=settings.get("dtype") or "auto",
         offload=settings.get("offload"),
