@@ -95,14 +95,13 @@ def test_class_dir_with_unreadable_files_is_refused(tune_cli, tmp_path):
     assert not outdir.exists()
 
 
-@pytest.mark.parametrize("model, label", [("sdxl", "SDXL"), ("flux-dev", "Flux.1"), ("sd3", "SD3")])
-def test_untunable_families_are_refused_by_name(cli, tiny, families, tmp_path, model, label):
-    path = tiny[model] if model in tiny else families[model]  # Flux and SD3 were once called "SDXL" here
-    result = cli("tune", "-m", path, "--images", subject_images(tmp_path / "s"), "--class", "shape",
+@pytest.mark.parametrize("model, label", [("pixart-sigma", "PixArt-Σ"), ("kandinsky22", "Kandinsky 2.2")])
+def test_untunable_families_are_refused_by_name(cli, families, tmp_path, model, label):
+    result = cli("tune", "-m", families[model], "--images", subject_images(tmp_path / "s"), "--class", "shape",
                  "-o", tmp_path / "run")
     assert result.exit_code == 2
     assert one_error_line(result) == (
-        f"error: dream tune supports SD 1.x and SD 2.x models for now, not {label}: use an SD 1.x or SD 2.x model"
+        f"error: dream tune supports SD 1.x, SD 2.x, SDXL, SD3 and Flux.1 models, not {label}: use one of those"
     )
     assert not (tmp_path / "run").exists()
 
@@ -168,9 +167,11 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(tune_cli, monkeypatch):
     import dreamcli.training
 
     def interrupted(config, inputs, **callbacks):
-        from dreamcli.training.rundir import checkpoint_dir
+        from dreamcli.training.rundir import checkpoint_dir, seal_checkpoint
 
-        checkpoint_dir(Path(config.output_dir), 7).mkdir(parents=True)  # as tune leaves it on Ctrl-C
+        folder = checkpoint_dir(Path(config.output_dir), 7)
+        folder.mkdir(parents=True)
+        seal_checkpoint(folder, 7)  # as tune leaves it on Ctrl-C: marked complete
         raise KeyboardInterrupt
 
     monkeypatch.setattr(dreamcli.training, "tune", interrupted)

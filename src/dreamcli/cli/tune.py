@@ -33,6 +33,7 @@ FLAG_TO_FIELD = {
     "use_8bit_adam": "use_8bit_adam", "checkpoint_every": "checkpointing_steps", "resume": "resume",
     "overwrite": "overwrite", "validation_prompt": "validation_prompt", "validation_every": "validation_steps",
     "validation_images": "num_validation_images", "seed": "seed", "export": "export",
+    "timestep_density": "timestep_density",
 }
 
 
@@ -65,13 +66,36 @@ def tune_config_from(flags: dict, model_flags: dict) -> TuneConfig:
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
         console=console, transient=True,
     )
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _size(mib: float) -> str:
+    return f"{mib / 1024:.1f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
+
+
+def progress_status(stage: str, done: int, total: int, speed: float | None, info: dict) -> str:
+    """The text after a progress bar: speed and ETA once measured, then (training) the smoothed loss and
+    the peak memory, e.g. `7.61 steps/s  ETA 0:01:29  loss 0.1234  peak RAM 618 MiB`."""
+    parts = []
+    if speed:
+        parts.append(f"{speed:.2f} {'steps' if stage == 'training' else 'images'}/s")
+        parts.append(f"ETA {_clock(max(total - done, 0) / speed)}")
+    if info.get("loss") is not None:
+        parts.append(f"loss {info['loss']:.4f}")
+    if info.get("peak_mb") is not None:
+        parts.append(f"peak {info.get('memory', 'RAM')} {_size(info['peak_mb'])}")
+    return "  ".join(parts)
 
 
 def run_tune(config: TuneConfig, as_json: bool, quiet: bool) -> int:
@@ -91,16 +115,16 @@ def run_tune(config: TuneConfig, as_json: bool, quiet: bool) -> int:
     progress = _progress()
     tasks: dict[str, int] = {}
 
+    peaks: dict[str, float] = {}
+
     def on_progress(stage: str, done: int, total: int, **info) -> None:
         if stage not in tasks:
-            tasks[stage] = progress.add_task(stage, total=total, completed=done, loss="", rate="")
-        task = progress.tasks[tasks[stage]]
-        fields = {}
-        if "loss" in info:
-            fields["loss"] = f"loss {info['loss']:.4f}"
-        if task.speed:
-            fields["rate"] = f"{task.speed:.2f} it/s"
-        progress.update(tasks[stage], completed=done, total=total, **fields)
+            tasks[stage] = progress.add_task(stage, total=total, completed=done, status="")
+        progress.update(tasks[stage], completed=done, total=total)  # first, so the speed counts this step
+        if info.get("peak_mb") is not None:  # a peak only grows (MPS reports what it holds now)
+            info["peak_mb"] = peaks[stage] = max(peaks.get(stage, 0.0), info["peak_mb"])
+        status = progress_status(stage, done, total, progress.tasks[tasks[stage]].speed, info)
+        progress.update(tasks[stage], status=status)
 
     try:
         with progress if not quiet else _nothing():
@@ -117,6 +141,10 @@ def run_tune(config: TuneConfig, as_json: bool, quiet: bool) -> int:
         f"use it: dream gen --lora {result.outdir} \"{config.validation_prompt or config.instance_text}\"",
         quiet,
     )
+    chart = result.outdir / rundir.LOSS_CHART_NAME
+    if chart.exists():
+        grids = f", validation grids in {result.outdir / rundir.VALIDATION}" if result.validation_images else ""
+        hint(f"loss curve: {chart}{grids}", quiet)
     if as_json:
         emit(json.dumps({
             "weights": str(result.weights), "outdir": str(result.outdir), "steps": result.steps,
@@ -211,6 +239,9 @@ def tune(
         rich_help_panel=RUN)] = None,
     validation_images: Annotated[int | None, typer.Option(
         "--validation-images", help="Validation images each time (default: 2).", rich_help_panel=RUN)] = None,
+    timestep_density: Annotated[str | None, typer.Option(
+        "--timestep-density", help="SD3 and Flux: how training timesteps are drawn: logit_normal (default), mode, "
+        "cosmap or uniform.", rich_help_panel=TRAINING)] = None,
     export: Annotated[list[str] | None, typer.Option(
         "--export", help="Also write another format: kohya (A1111, ComfyUI).", rich_help_panel="Output")] = None,
     device: common.Device = None,
@@ -231,6 +262,7 @@ def tune(
         "checkpoint_every": checkpoint_every, "resume": resume, "overwrite": overwrite,
         "validation_prompt": validation_prompt, "validation_every": validation_every,
         "validation_images": validation_images, "seed": seed, "export": export or None,
+        "timestep_density": timestep_density,
     }
     model_flags = {
         "model": model, "preset": preset, "model_config": model_config, "device": device,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -18,12 +19,14 @@ import torch
 
 from dreamcli import __version__
 from dreamcli.requests import ModelOptions, TuneConfig
-from dreamcli.training import rundir
+from dreamcli.training import plot, rundir
 from dreamcli.training.class_images import cache_folder, class_image_path, make_class_images
 from dreamcli.training.data import DreamBoothDataset, collate
+from dreamcli.training.families import recipe_for, text_encoders
 from dreamcli.training.inputs import TuneInputs, check_inputs, run_record
-from dreamcli.training.lora import add_adapters, export_kohya, load_lora, save_lora
-from dreamcli.training.loss import diffusion_target, dreambooth_loss
+from dreamcli.training.kohya import export_kohya
+from dreamcli.training.lora import Adapted, add_adapters, load_lora, save_lora
+from dreamcli.training.loss import ddpm_noise, dreambooth_loss, flow_noise, preconditioned
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SMOOTHING = 0.9  # loss shown on the progress bar: exponential average, single steps are noisy
@@ -107,6 +110,17 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def peak_memory(device) -> tuple[str, float]:
+    """What the progress bar shows as peak memory: ("GPU", MiB) the accelerator's allocator peaked at
+    (CUDA; MPS reports only what it holds now), else ("RAM", MiB) of this process's peak resident size."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "GPU", torch.cuda.max_memory_allocated(device) / 2**20
+    if device.type == "mps":
+        return "GPU", torch.mps.driver_allocated_memory() / 2**20
+    return "RAM", peak_rss_mb()
+
+
 def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None, on_note=None) -> TuneResult:
     """Teach a model the subject in `config.instance_data_dir` and write a LoRA into `config.output_dir`.
 
@@ -122,7 +136,6 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
 
     from accelerate import Accelerator  # isort: skip
     from accelerate.utils import DataLoaderConfiguration, set_seed
-    from diffusers import DDPMScheduler
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
@@ -149,8 +162,10 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         pipe = load_base_pipeline(inputs.source, options, torch.float32)
         pipe.set_progress_bar_config(disable=True)
         pipe.to(accelerator.device)
-        unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
-        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        # The family says what differs (families.py): prompts, latents, noise, the denoiser call, LoRA targets.
+        family, recipe = recipe_for(inputs.source, pipe)
+        denoiser, vae, encoders = getattr(pipe, family.denoiser), pipe.vae, text_encoders(pipe, recipe)
+        noise_scheduler = recipe.training_scheduler(pipe)
         resolution = inputs.resolution
         model_id = f"{inputs.source.kind}:{inputs.source.location}:{source_hash(inputs.source)}"
 
@@ -158,10 +173,12 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
             if inputs.start_over:
                 rundir.remove_previous_run(outdir)
             outdir.mkdir(parents=True, exist_ok=True)
+            for path in rundir.remove_unfinished(outdir):
+                note(f"skipped the half-written checkpoint {path.name} (killed while saving it); removed it")
             if inputs.resume_from is not None:
                 rundir.truncate_loss_log(outdir, inputs.resume_step)
             record = {
-                **run_record(config), "model_id": model_id, "resolution": resolution,
+                **run_record(config), "model_id": model_id, "family": family.name, "resolution": resolution,
                 "num_processes": accelerator.num_processes, "status": "running", "versions": _versions(),
                 # While "running", a reader tells a killed run (SIGKILL, power loss) by this pid being gone.
                 "pid": os.getpid(), "host": socket.gethostname(),
@@ -190,41 +207,47 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
         vae.requires_grad_(False)
         dataset = DreamBoothDataset(inputs.instance_images, class_paths, resolution, config.random_crop, config.seed)
-        if weight_dtype != torch.float32:  # frozen weights in the compute dtype: half the memory
+        # Frozen weights in the compute dtype: half the memory. Not SDXL's VAE, which overflows in fp16 (its config
+        # says force_upcast; a fixed fp16 VAE says not).
+        keep_vae_fp32 = family.upcast_vae and getattr(vae.config, "force_upcast", False)
+        if weight_dtype != torch.float32 and not keep_vae_fp32:
             vae.to(dtype=weight_dtype)
         if not config.random_crop:
-            with accelerator.autocast():
-                dataset.cache_latents(vae, accelerator.device, weight_dtype)
+            # Not under autocast when the VAE stays fp32: autocast would run its convolutions in fp16 anyway.
+            with contextlib.nullcontext() if keep_vae_fp32 else accelerator.autocast():
+                dataset.cache_latents(vae, accelerator.device, vae.dtype)
         dataloader = torch.utils.data.DataLoader(
             dataset, batch_size=config.train_batch_size, shuffle=True, collate_fn=collate, num_workers=0
         )
         prompt_ids = {
-            kind: tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                            return_tensors="pt").input_ids.to(accelerator.device)
+            kind: {name: ids.to(accelerator.device) for name, ids in recipe.tokenize(pipe, text).items()}
             for kind, text in (("instance", config.instance_text), ("class", config.class_text))
         }
 
-        # ---- 4. LoRA adapters on the attention projections; frozen weights in the compute dtype ----
+        # ---- 4. LoRA adapters on the family's layers; frozen weights in the compute dtype; prompts encoded ----
         # Seeded here, after the class images (made on a cache miss only), so they start the same either way.
         set_seed(config.seed, device_specific=True)
-        params = add_adapters(
-            unet, text_encoder, config.rank, config.alpha, config.train_text_encoder, config.lora_layers
-        )
+        lora_encoders = recipe.lora_encoders if config.train_text_encoder else ()
+        adapted = Adapted(recipe.pipeline, family.denoiser, denoiser,
+                          {name: encoders[name] for name in lora_encoders if name in encoders})
+        frozen = [model for name, model in encoders.items() if name not in adapted.encoders]
+        params = add_adapters(adapted, frozen, config.rank, config.alpha, recipe.targets[config.lora_layers],
+                              recipe.text_targets)
         if weight_dtype != torch.float32:
-            for model in (unet, text_encoder):
+            for model in (denoiser, *encoders.values()):
                 model.to(dtype=weight_dtype)
-        trained = [unet, text_encoder] if config.train_text_encoder else [unet]
+        trained = adapted.models()
         cast_training_params(trained, dtype=torch.float32)  # adapters train in fp32 under mixed precision
         if config.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-            if config.train_text_encoder:
+            denoiser.enable_gradient_checkpointing()
+            for encoder in adapted.encoders.values():
                 # transformers 5 renamed it; older releases only have the first name.
-                enable = getattr(text_encoder, "activation_checkpointing_enable", None)
-                (enable or text_encoder.gradient_checkpointing_enable)()
+                enable = getattr(encoder, "activation_checkpointing_enable", None)
+                (enable or encoder.gradient_checkpointing_enable)()
         text_states = None
-        if not config.train_text_encoder:
+        if not adapted.encoders:
             with torch.no_grad():  # two fixed prompts: encode once instead of every step
-                text_states = {k: text_encoder(ids)[0] for k, ids in prompt_ids.items()}
+                text_states = {k: recipe.encode(encoders, ids) for k, ids in prompt_ids.items()}
 
         if config.use_8bit_adam:
             import bitsandbytes as bnb
@@ -237,7 +260,9 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         prepared = accelerator.prepare(*trained, optimizer, dataloader, lr_scheduler)
         trained_wrapped = prepared[: len(trained)]
         optimizer, dataloader, lr_scheduler = prepared[len(trained):]
-        unet_wrapped = trained_wrapped[0]
+        denoiser_wrapped = trained_wrapped[0]
+        # The encoders as the loop calls them: the prepared (maybe distributed) ones where they train.
+        encoders_wrapped = {**encoders, **dict(zip(adapted.encoders, trained_wrapped[1:], strict=True))}
 
         # ---- 5. Checkpoints hold the LoRA (diffusers format), optimizer, scheduler, RNG and step ----
         accelerator.register_for_checkpointing(progress)
@@ -246,11 +271,12 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
             while weights:
                 weights.pop()  # the frozen base weights are not ours to save: only the adapters
             if accelerator.is_main_process:
-                save_lora(Path(folder), unet, text_encoder if config.train_text_encoder else None)
+                save_lora(Path(folder), adapted)
+                rundir.kill_here_if_testing(progress.step)  # test hook: a half-written checkpoint
 
         def load_hook(models, folder):
             models.clear()
-            load_lora(Path(folder), unet, text_encoder if config.train_text_encoder else None)
+            load_lora(Path(folder), adapted)
             cast_training_params(trained, dtype=torch.float32)
 
         accelerator.register_save_state_pre_hook(save_hook)
@@ -268,16 +294,19 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
             if everyone:
                 accelerator.wait_for_everyone()
             if main:
-                shutil.rmtree(final, ignore_errors=True)
-                tmp.replace(final)  # a checkpoint appears only once complete
+                # Flushed, marked complete, then renamed into place: a kill at any moment leaves the
+                # newest complete checkpoint resumable and the half-written one recognisable.
+                rundir.seal_checkpoint(tmp, step)
+                rundir.publish_checkpoint(tmp, final)
                 rundir.prune_checkpoints(outdir)
                 _finish_record(outdir, checkpoint_step=step, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                plot.write_loss_chart(outdir)
 
         if inputs.resume_from is not None:
             accelerator.load_state(str(inputs.resume_from))
             note(f"resumed from {inputs.resume_from} at step {progress.step}")
 
-        # ---- 6. The loop: denoise noisy latents; MSE(instance) + prior weight x MSE(class) ----
+        # ---- 6. The loop: noise (DDPM or flow), denoise, MSE(instance) + prior weight x MSE(class) ----
         steps_per_epoch = math.ceil(len(dataloader) / config.gradient_accumulation_steps)
         step, first_step = progress.step, progress.step
         epoch = step // steps_per_epoch
@@ -301,30 +330,36 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                         seed_step(config.seed, accelerator.process_index, step + 1)
                         step_begun = True
                     with accelerator.accumulate(*trained_wrapped):
-                        batch_inputs = batch["inputs"].to(accelerator.device, dtype=weight_dtype)
+                        batch_inputs = batch["inputs"].to(accelerator.device, dtype=vae.dtype)
                         with torch.no_grad():
                             if dataset.cached is not None:
                                 latents = DiagonalGaussianDistribution(batch_inputs).sample()
                             else:
                                 latents = vae.encode(batch_inputs).latent_dist.sample()
-                            latents = latents * vae.config.scaling_factor
+                            latents = recipe.latents(vae, latents).to(weight_dtype)
                         noise = torch.randn_like(latents)
-                        timesteps = torch.randint(
-                            0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
-                        )
-                        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                        n = batch["num_instance"]
-                        if text_states is not None:
-                            states = [text_states["instance"]] * n + [text_states["class"]] * (latents.shape[0] - n)
-                            encoder_states = torch.cat(states)
+                        if recipe.flow:
+                            noised = flow_noise(noise_scheduler, latents, noise, config.timestep_density)
                         else:
-                            classes = latents.shape[0] - n
-                            ids = torch.cat([prompt_ids["instance"]] * n + [prompt_ids["class"]] * classes)
-                            encoder_states = trained_wrapped[1](ids)[0]
+                            noised = ddpm_noise(noise_scheduler, latents, noise)
+                        n, classes = batch["num_instance"], latents.shape[0] - batch["num_instance"]
+                        if text_states is not None:
+                            cond = {key: torch.cat([text_states["instance"][key]] * n
+                                                   + [text_states["class"][key]] * classes)
+                                    for key in text_states["instance"]}
+                        else:
+                            ids = {name: torch.cat([prompt_ids["instance"][name]] * n
+                                                   + [prompt_ids["class"][name]] * classes)
+                                   for name in prompt_ids["instance"]}
+                            cond = recipe.encode(encoders_wrapped, ids)
                         with accelerator.autocast():
-                            pred = unet_wrapped(noisy, timesteps, encoder_states).sample
-                        target = diffusion_target(noise_scheduler, latents, noise, timesteps)
-                        parts = dreambooth_loss(pred, target, config.prior_loss_weight, config.with_prior_preservation)
+                            pred = recipe.predict(denoiser_wrapped, noised.noisy, noised.timesteps, cond,
+                                                  batch["geometry"], resolution)
+                        target = noised.target
+                        if recipe.precondition:
+                            pred, target = preconditioned(pred, noised, latents)
+                        parts = dreambooth_loss(pred, target, config.prior_loss_weight, config.with_prior_preservation,
+                                                noised.weighting)
                         accelerator.backward(parts.total)
                         if accelerator.sync_gradients:
                             accelerator.clip_grad_norm_(params, 1.0)
@@ -351,13 +386,15 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                             "prior_loss": round(float(losses[2]), 6), "lr": lr_scheduler.get_last_lr()[0],
                             "seconds": round(time.perf_counter() - started, 2),
                         })
-                    progress_cb("training", step, config.max_train_steps, loss=smoothed)
+                    memory, peak_mb = peak_memory(accelerator.device)
+                    progress_cb("training", step, config.max_train_steps, loss=smoothed, memory=memory, peak_mb=peak_mb)
                     stopping = float(losses[3]) > 0 and step < config.max_train_steps
                     if stopping or (step % config.checkpointing_steps == 0 and step < config.max_train_steps):
                         save_checkpoint(step)
                     if stopping:
                         raise KeyboardInterrupt
-                    if main and config.validation_steps and step % config.validation_steps == 0:
+                    if main and config.num_validation_images and config.validation_steps \
+                            and step % config.validation_steps == 0:
                         validation_images += _validate(
                             pipe, config, outdir, step, resolution, accelerator, trained_wrapped
                         )
@@ -381,11 +418,13 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         result = TuneResult(outdir, None, step, is_main_process=main, steps_per_second=rate,
                             peak_rss_mb=peak_rss_mb(), final_loss=last_loss)
         if main:
-            te = text_encoder if config.train_text_encoder else None
-            result.weights = save_lora(outdir, unet, te, rundir.WEIGHTS_NAME)
+            result.weights = save_lora(outdir, adapted, rundir.WEIGHTS_NAME)
             if "kohya" in config.export:
-                result.exports.append(export_kohya(outdir / f"{outdir.name}_kohya.safetensors", unet, te, config.alpha))
-            if config.num_validation_images:
+                kohya = outdir / f"{outdir.name}_kohya.safetensors"
+                result.exports.append(export_kohya(kohya, family.name, adapted, config.alpha))
+            # The end gets a validation round unless the loop just made one at this step.
+            validated = bool(config.validation_steps) and step % config.validation_steps == 0 and step > first_step
+            if config.num_validation_images and not validated:
                 validation_images += _validate(pipe, config, outdir, step, resolution, accelerator, trained_wrapped)
             result.validation_images = validation_images
             _finish_record(
@@ -415,7 +454,8 @@ def _validate(pipe, config: TuneConfig, outdir: Path, step: int, resolution: int
     folder.mkdir(parents=True, exist_ok=True)
     for model in trained:
         model.eval()
-    generators = [torch.Generator("cpu").manual_seed(config.seed + i) for i in range(config.num_validation_images)]
+    seeds = [config.seed + i for i in range(config.num_validation_images)]  # the same every round
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     with torch.no_grad(), accelerator.autocast():
         images = pipe(
             [prompt] * len(generators), height=resolution, width=resolution, num_inference_steps=config.class_steps,
@@ -428,6 +468,8 @@ def _validate(pipe, config: TuneConfig, outdir: Path, step: int, resolution: int
         path = folder / f"step-{step:06d}-{i}.png"
         image.save(path)
         paths.append(path)
+    # One labelled picture of the round, validation/step-NNNNNN.png, to compare rounds at a glance.
+    plot.write_validation_grid(folder / f"step-{step:06d}.png", images, [prompt] * len(images), seeds, step)
     return paths
 
 

@@ -101,31 +101,30 @@ def check_class_dir(folder: str) -> list[Path]:
 
 
 def native_resolution(source) -> int:
-    """The size a model was trained at, from its UNet and VAE configs (family default otherwise)."""
-    if source.kind == "folder":
-        try:
-            unet = json.loads((Path(source.location) / "unet" / "config.json").read_text())
-            vae = json.loads((Path(source.location) / "vae" / "config.json").read_text())
-            return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-        except (OSError, KeyError, ValueError, TypeError):
-            pass
+    """The size a model was trained at, from its denoiser's and VAE's configs (family default otherwise)."""
     from dreamcli import families
 
-    return families.get(source.family or "sd1").native_size  # single files and hub repos without configs
+    family = families.get(source.family or "sd1")
+    if source.kind == "folder":
+        try:
+            denoiser = json.loads((Path(source.location) / family.denoiser / "config.json").read_text())
+            vae = json.loads((Path(source.location) / "vae" / "config.json").read_text())
+            return int(denoiser["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        except (OSError, KeyError, ValueError, TypeError):
+            pass
+    return family.native_size  # single files, hub repos without configs, Flux (its config has no sample size)
 
 
 def check_tunable(family_name: str | None) -> None:
-    """Refuse a model family `dream tune` cannot train yet, naming it (a hub model not yet downloaded is
+    """Refuse a model family `dream tune` cannot train, naming it (a hub model not yet downloaded is
     checked once its pipeline tells the family)."""
     from dreamcli import families
+    from dreamcli.training.families import RECIPES, refusal
 
     if family_name is None:
         return
-    family = families.get(family_name)
-    if not family.tunable:
-        tunable = " and ".join(families.label(n) for n in families.DISPLAY_ORDER if families.get(n).tunable)
-        raise InputError(f"dream tune supports {tunable} models for now, not {family.label}: use an SD 1.x or "
-                         "SD 2.x model")
+    if family_name not in RECIPES:
+        raise InputError(refusal(families.get(family_name).label))
 
 
 def run_record(config: TuneConfig) -> dict:
@@ -154,7 +153,10 @@ def check_outdir(config: TuneConfig, inputs: TuneInputs) -> None:
                     "resume with the same settings, or use --overwrite or another -o"
                 )
         step, path = found[-1]
-        if step >= config.max_train_steps:
+        # A run killed after its last checkpoint (writing the weights, the last validation round) has
+        # nothing left to train: --resume finishes it.
+        unfinished = previous is not None and previous.get("status") != "finished"
+        if step > config.max_train_steps or (step == config.max_train_steps and not unfinished):
             raise InputError(
                 f"--resume: the run in {outdir} already reached step {step} of --steps "
                 f"{config.max_train_steps}: raise --steps to train further"
