@@ -288,3 +288,22 @@ def test_all_layers_adapt_convolutions_and_load_in_both_formats(tiny, tmp_path, 
 def test_unknown_layers_are_refused():
     with pytest.raises(Exception, match="unknown layers 'conv': use attention or all"):
         TuneConfig(instance_data_dir="x", class_word="dog", model="m", output_dir="o", lora_layers="conv")
+
+
+def assert_resumes_exactly(config, reference_weights) -> None:
+    """Stop `config`'s run after its first step (Ctrl-C), resume it, and get the reference run's tensors."""
+    from dreamcli.requests import TuneConfig
+    from dreamcli.training import check_inputs, tune
+
+    def stop_after_one(stage, done, total, **info):
+        if stage == "training" and done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(config, on_progress=stop_after_one)
+    resumed = TuneConfig(**{**config.__dict__, "resume": True})
+    result = tune(resumed, check_inputs(resumed))
+    ours, theirs = load_weights(result.weights), load_weights(reference_weights)
+    assert ours.keys() == theirs.keys()
+    for key in ours:  # text-encoder adapters included, where the run trains them
+        assert torch.equal(ours[key], theirs[key]), key

@@ -13,7 +13,7 @@ import torch
 
 from conftest import pixels, written
 from dreamcli.requests import TuneConfig
-from test_tune import load_weights, lora_keys, subject_images
+from test_tune import assert_resumes_exactly, load_weights, lora_keys, subject_images
 
 PIPELINES = {"sd3": "StableDiffusion3Pipeline", "flux-dev": "FluxPipeline"}
 
@@ -122,23 +122,10 @@ def test_kohya_export_uses_the_original_names_with_fused_qkv(flow_run, families,
 
 
 def test_resume_gives_the_weights_of_an_unbroken_run(flow_run, families, tmp_path):
-    from dreamcli.training import check_inputs, tune
-
     name, _, reference = flow_run
     config = flow_config(families, name, tmp_path, export=())
 
-    def stop_after_one(stage, done, total, **info):
-        if stage == "training" and done == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        tune(config, on_progress=stop_after_one)
-    resumed = TuneConfig(**{**config.__dict__, "resume": True})
-    result = tune(resumed, check_inputs(resumed))
-    ours, theirs = load_weights(result.weights), load_weights(reference.weights)
-    assert ours.keys() == theirs.keys()
-    for key in ours:
-        assert torch.equal(ours[key], theirs[key]), key
+    assert_resumes_exactly(config, reference.weights)
 
 
 # ---- the pieces, against diffusers' own pipelines and the flow-matching formulas ----

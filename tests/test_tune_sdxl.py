@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import pixels, written
 from dreamcli.requests import TuneConfig
-from test_tune import load_weights, lora_keys, subject_images
+from test_tune import assert_resumes_exactly, load_weights, lora_keys, subject_images
 
 
 def sdxl_config(tiny, tmp_path: Path, **overrides) -> TuneConfig:
@@ -101,23 +101,10 @@ def test_dream_gen_lora_uses_the_sdxl_run(sdxl_run, cli, tiny, tmp_path):
 
 
 def test_sdxl_resume_gives_the_weights_of_an_unbroken_run(sdxl_run, tiny, tmp_path):
-    from dreamcli.training import check_inputs, tune
-
     _, reference = sdxl_run
     config = sdxl_config(tiny, tmp_path, export=())
 
-    def stop_after_one(stage, done, total, **info):
-        if stage == "training" and done == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        tune(config, on_progress=stop_after_one)
-    resumed = TuneConfig(**{**config.__dict__, "resume": True})
-    result = tune(resumed, check_inputs(resumed))
-    ours, theirs = load_weights(result.weights), load_weights(reference.weights)
-    assert ours.keys() == theirs.keys()
-    for key in ours:  # text-encoder adapters of both encoders came back from the checkpoint too
-        assert torch.equal(ours[key], theirs[key]), key
+    assert_resumes_exactly(config, reference.weights)
 
 
 def test_sdxl_time_ids_record_original_size_and_crop_after_the_flip(tmp_path):
