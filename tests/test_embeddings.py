@@ -128,3 +128,15 @@ def test_t5_families_refuse_an_embedding(cli, families, tmp_path, demo_vectors):
     result = cli("gen", "a e", "-m", families["flux-schnell"], "--embedding", file, "-o", outdir, "-q")
     assert_refused(result, outdir, "embeddings need an SD 1.x, 2.x or SDXL model")
     assert written(outdir) == []
+
+
+def test_an_embedding_word_inside_another_word_is_left_alone(cli, tmp_path, home, demo_vectors):
+    """An embedding called "rcl" must not cut "circle" into "ci rcl e" (diffusers adds tokens that match inside
+    words; A1111 matches whole words)."""
+    save_file({"emb_params": demo_vectors}, str(home / "embeddings" / "rcl.safetensors"))
+    before = one(run(cli, tmp_path, PROMPT)[0])
+    loaded = one(run(cli, tmp_path, "a rcl on a blue background")[0])  # loads "rcl" into this process
+    after = one(run(cli, tmp_path, PROMPT)[0])
+    assert np.array_equal(pixels(after), pixels(before))
+    assert np.array_equal(pixels(loaded), pixels(before))  # and "rcl" itself is the red circle's vectors
+

@@ -92,7 +92,22 @@ def apply(pipe, encoding: str, explicit: tuple[str, ...], texts: list[str], allo
             continue
         state = read(path, allow_unsafe_pickle)
         _load(pipe, encoding, state, token, path)
+        for tokenizer in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)):
+            if tokenizer is not None:
+                whole_words(tokenizer, token)
         loaded[token] = path.resolve()
+
+
+def whole_words(tokenizer, token: str) -> None:
+    """Make an embedding's tokens (WORD, WORD_1, ...) match whole words only.
+
+    diffusers adds them as plain added tokens, which the tokenizer also finds inside other words: an embedding
+    called "rc" turned every later "circle" into "ci rc le" for the rest of the process. A1111 matches whole words.
+    """
+    from transformers import AddedToken
+
+    names = [name for name in tokenizer.get_added_vocab() if re.fullmatch(re.escape(token) + r"(_\d+)?", name)]
+    tokenizer.add_tokens([AddedToken(name, single_word=True) for name in names])
 
 
 def read(path: Path, allow_unsafe_pickle: bool = False) -> dict:
