@@ -81,7 +81,25 @@ def _resolve_paths(data: dict, base: Path) -> dict:
         value = out.get(key)
         if isinstance(value, str) and value.startswith(("./", "../")):
             out[key] = str((base / value).resolve())
+    if "control" in out:
+        _check_control_table(out["control"], base)
+    if isinstance(out.get("control"), dict):  # [control] TYPE = "./controlnet-folder"
+        out["control"] = {kind: str((base / ref).resolve()) if isinstance(ref, str) and ref.startswith(("./", "../"))
+                          else ref for kind, ref in out["control"].items()}
     return out
+
+
+def _check_control_table(table, where: Path) -> None:
+    """A `[control]` table maps control types to ControlNet references (a typo would never be used)."""
+    from dreamcli.imageops.control import TYPES
+
+    if not isinstance(table, dict):
+        raise InputError(f"{where}: control must be a table: [control] then TYPE = \"ControlNet folder or repo id\"")
+    for kind, ref in table.items():
+        if kind not in TYPES:
+            raise InputError(f"{where}: [control] {kind!r} is no control type: use {', '.join(TYPES)}")
+        if not isinstance(ref, str) or not ref:
+            raise InputError(f"{where}: [control] {kind} must be a ControlNet folder, file or repo id in quotes")
 
 
 def load_user_config() -> dict:

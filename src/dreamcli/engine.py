@@ -52,6 +52,9 @@ DEMO_MISSING = (
 )
 
 
+DEMO_FOLDER = (Path(__file__).parent / "demo" / "model").resolve()  # the built-in demo model, as a folder
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where a model reference points: a diffusers folder, a single file, or a hub repo."""
@@ -65,8 +68,8 @@ class ModelSource:
     @property
     def name(self) -> str:
         """A short display name (what A1111 calls `Model`)."""
-        if self.ref.startswith(PACKAGE_PREFIX):
-            return "dreamcli-demo"
+        if self.ref.startswith(PACKAGE_PREFIX) or self.location == str(DEMO_FOLDER):
+            return "dreamcli-demo"  # however it was named: the engine's cache keeps the first load's source
         return Path(self.location).stem if self.kind != "hub" else self.location
 
 
@@ -690,6 +693,137 @@ def pipeline_for(task: str, options: ModelOptions):
     return pipe, loaded
 
 
+_CONTROLNETS: dict[tuple, tuple] = {}
+AUTO_TASK_PIPELINES = {"text2img": "AutoPipelineForText2Image", **AUTO_PIPELINES}
+
+
+def load_controlnet(ref: str, loaded: LoadedModel, allow_unsafe_pickle: bool = False):
+    """A ControlNet (folder, hub id or single file) on the model's device and dtype, loaded once per process.
+
+    Returns (model, name, short hash) — the name and hash as A1111's ControlNet infotext shows them.
+    """
+    key = (ref, loaded.device, loaded.dtype)
+    if key not in _CONTROLNETS:
+        net, source = _read_controlnet(ref, loaded, allow_unsafe_pickle)
+        net.to(loaded.device)
+        net.eval()
+        _CONTROLNETS[key] = (net, source.name, source_hash_of_controlnet(source))
+    return _CONTROLNETS[key]
+
+
+def source_hash_of_controlnet(source: ModelSource) -> str:
+    """The first 8 hex digits of a ControlNet's weights' SHA-256 (a hub snapshot: its commit)."""
+    if source.kind == "hub":
+        return (source.revision or "")[:8]
+    path = Path(source.location)
+    if source.kind == "folder":
+        weights = sorted(path.glob("diffusion_pytorch_model*.safetensors")) or sorted(path.glob("*.safetensors"))
+        if not weights:
+            return ""
+        path = weights[0]
+    return file_sha256(path, cache_dir() / "hashes.json")[:8]
+
+
+def _read_controlnet(ref: str, loaded: LoadedModel, allow_unsafe_pickle: bool):
+    import diffusers
+
+    single, multi = loaded.spec.controlnet_classes
+    dtype = dtype_kwargs(DTYPES[loaded.dtype])
+    path = Path(ref).expanduser()
+    what = f"ControlNet {ref}"
+    try:
+        if path.is_dir():
+            config = families.read_json(path / "config.json")
+            name = config.get("_class_name")
+            if not name or "ControlNet" not in name or not hasattr(diffusers, name):
+                raise ModelNotFound(f"{what} is not a diffusers ControlNet folder (its config.json names "
+                                    f"{name or 'no ControlNet class'}): give a ControlNet folder, hub id or file")
+            with _libraries_quiet():
+                net = getattr(diffusers, name).from_pretrained(str(path), **dtype)
+            return net, ModelSource(ref, "folder", str(path.resolve()), loaded.family)
+        if path.is_file():
+            if path.suffix.lower() in PICKLE_SUFFIXES:
+                refuse_pickle(path, allow_unsafe_pickle, "ControlNet ")
+            with _libraries_quiet():
+                net = getattr(diffusers, single).from_single_file(str(path), **dtype)
+            return net, ModelSource(ref, "file", str(path.resolve()), loaded.family)
+        if not REPO_ID.match(ref):
+            raise ModelNotFound(f"{what} not found: give a ControlNet folder, .safetensors file or hub id")
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(ref, "config.json")
+        if not isinstance(cached, str) and hub_offline():
+            raise ModelNotFound(f"{what} is not in the Hugging Face cache and the hub is off (HF_HUB_OFFLINE=1): "
+                                "download it once online, or give a local ControlNet folder or file")
+        name = families.read_json(Path(cached)).get("_class_name") if isinstance(cached, str) else None
+        cls = getattr(diffusers, name) if name and hasattr(diffusers, name) else getattr(diffusers, single)
+        with _libraries_quiet():
+            net = cls.from_pretrained(ref, **dtype)
+        revision = Path(cached).parent.name if isinstance(cached, str) else None
+        return net, ModelSource(ref, "hub", ref, loaded.family, revision=revision)
+    except DreamError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelNotFound(f"{what} cannot be loaded ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _check_controlnet_fits(ref: str, net, loaded: LoadedModel) -> None:
+    """Refuse a ControlNet made for another model (an SDXL one on SD 1.5 fails deep inside diffusers)."""
+    mine, theirs = loaded.denoiser.config, net.config
+    for key, what in (("cross_attention_dim", "text width"), ("addition_embed_type", "extra conditioning"),
+                      ("block_out_channels", "block widths"), ("joint_attention_dim", "text width"),
+                      ("pooled_projection_dim", "pooled text width"), ("in_channels", "latent channels")):
+        if key in theirs and key in mine and _plain(theirs[key]) != _plain(mine[key]):
+            raise families.UnsupportedModel(
+                f"ControlNet {ref} was made for another model ({what} {_plain(theirs[key])}, this "
+                f"{loaded.spec.label} model's is {_plain(mine[key])}): use a ControlNet made for {loaded.spec.label}"
+            )
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def control_pipeline_for(task: str, options: ModelOptions, refs: tuple[str, ...]):
+    """The ControlNet pipeline for a task over the already-loaded base weights (AutoPipeline's from_pipe with
+    `controlnet=`; no second load), with these ControlNets (several: the family's Multi class).
+
+    Returns (pipeline, loaded model, [(name, hash) per ControlNet]).
+    """
+    import diffusers
+
+    base, loaded = pipeline_for(task, options)  # scheduler, LoRAs and memory options, on the shared modules
+    loaded.spec.pipeline_class(families.CONTROL + task)  # refuses a family without ControlNet pipelines
+    found = [load_controlnet(ref, loaded, options.allow_unsafe_pickle) for ref in refs]
+    for ref, (net, _, _) in zip(refs, found, strict=True):
+        _check_controlnet_fits(ref, net, loaded)
+    key = (families.CONTROL + task, tuple(refs))
+    pipe = loaded.task_pipes.get(key)
+    if pipe is None:
+        nets = [net for net, _, _ in found]
+        multi = getattr(diffusers, loaded.spec.controlnet_classes[1])
+        if any(isinstance(net, diffusers.ControlNetUnionModel) for net in nets):
+            # One Union model reads every map itself, each with its control mode (tasks/control.py).
+            if len(set(refs)) != 1:
+                raise InputError(
+                    "a ControlNet-Union model steers every control type itself: give every --control type the same "
+                    "Union model (--control-model TYPE=REF), not a mix of models"
+                )
+            nets = nets[:1]
+        controlnet = nets[0] if len(nets) == 1 else multi(nets)
+        if isinstance(controlnet, diffusers.ControlNetUnionModel):
+            # AutoPipeline's from_pipe would build the plain ControlNet pipeline around it (diffusers 0.42); a
+            # pipeline class's own from_pipe casts every module to fp32 unless told the dtype.
+            cls = getattr(diffusers, loaded.spec.pipeline_class(families.CONTROL + "union-" + task))
+            pipe = cls.from_pipe(loaded.pipe, controlnet=controlnet, **dtype_kwargs(DTYPES[loaded.dtype]))
+        else:
+            pipe = getattr(diffusers, AUTO_TASK_PIPELINES[task]).from_pipe(loaded.pipe, controlnet=controlnet)
+        pipe.set_progress_bar_config(disable=True)
+        loaded.task_pipes[key] = pipe
+    pipe.scheduler = base.scheduler  # the request's, as pipeline_for made it
+    return pipe, loaded, [(name, short) for _, name, short in found]
+
+
 def _on_for_cuda(choice: bool | None, loaded: LoadedModel) -> bool:
     # Fast paths default to on where they were made for (CUDA); elsewhere only when asked for.
     return loaded.device.startswith("cuda") if choice is None else choice
@@ -832,3 +966,4 @@ def _in_fp32(vae, decode):
 def clear_cache() -> None:
     """Forget every loaded model (tests, long-running hosts)."""
     _CACHE.clear()
+    _CONTROLNETS.clear()

@@ -122,6 +122,131 @@ class LoraRef:
 
 
 @dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet: its preprocessor type, the picture it reads, the model, and how strongly and when it steers.
+
+    `model` is a model reference (folder, hub id, single file), resolved from `--control-model` or the preset's
+    `[control]` table before the request is built, so that a record alone re-makes the picture.
+    """
+
+    type: str  # "canny", "raw" (the image is already a map), or a controlnet-aux type (imageops/control.py)
+    image: str  # the picture's path
+    model: str
+    scale: float = 1.0  # diffusers' controlnet_conditioning_scale (A1111's Weight)
+    start: float = 0.0  # the fraction of steps where it starts to steer (control_guidance_start)
+    end: float = 1.0  # ... and stops (control_guidance_end)
+    guess_mode: bool = False  # the ControlNet sees no prompt (A1111's "ControlNet is more important")
+    low: float = 100.0  # canny thresholds on 0-255 gradient magnitudes
+    high: float = 200.0
+
+    def __post_init__(self):
+        from dreamcli.imageops.control import TYPES
+
+        check_field_types(self)
+        if self.type not in TYPES:
+            raise InputError(f"unknown control type {self.type!r}: use one of {', '.join(TYPES)} (TYPE:IMAGE[:SCALE])")
+        check_path_text("control image", self.image)
+        check_path_text("control-model", self.model)
+        if not self.image:
+            raise InputError(f"--control {self.type}: no image: write TYPE:IMAGE[:SCALE], e.g. canny:photo.png")
+        if not self.model:
+            raise InputError(f"no ControlNet model for {self.type}: pass --control-model {self.type}=REF")
+        if not 0 <= self.scale <= 10:
+            raise InputError(f"control scale {self.scale:g} is out of range: use 0 to 10 (1 is usual)")
+        if not 0 <= self.start < self.end <= 1:
+            raise InputError(f"control start {self.start:g} and end {self.end:g}: use 0 <= start < end <= 1 "
+                             "(fractions of the steps)")
+        if not 0 <= self.low <= self.high:
+            raise InputError(f"canny thresholds {self.low:g}/{self.high:g}: use 0 <= --canny-low <= --canny-high")
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[str, str, float]:
+        """(type, image, scale) from `TYPE:IMAGE[:SCALE]`; a colon followed by a non-number stays in the path."""
+        kind, sep, rest = str(text).partition(":")
+        if not sep or not rest:
+            raise InputError(f"--control {text!r}: write TYPE:IMAGE[:SCALE], e.g. canny:photo.png:0.8")
+        ref = LoraRef.parse(rest)  # the same PATH[:SCALE] rule as --lora
+        return kind.strip().lower(), ref.path, ref.scale
+
+
+def control_units_from(settings: dict) -> tuple[ControlUnit, ...]:
+    """The ControlNets merged settings ask for: `control_specs` (--control TYPE:IMAGE[:SCALE]) or recorded units
+    (`control_units`, from an image's record), each with its model from `--control-model TYPE=REF` or the
+    `[control]` table of the preset or user config. A missing picture is refused here, before any model loads."""
+    from pathlib import Path
+
+    recorded = settings.get("control_units")
+    specs = settings.get("control_specs") or ()
+    table = settings.get("control") or {}
+    if not isinstance(table, dict):
+        raise InputError(f"control must be a table of TYPE = \"model\" in a preset, got {shown(table)}")
+    table = dict(table)
+    given = {}  # --control-model TYPE=REF
+    for item in settings.get("control_models") or ():
+        kind, sep, ref = str(item).partition("=")
+        if not sep or not kind.strip() or not ref.strip():
+            raise InputError(f"--control-model {item!r}: write TYPE=REF, e.g. canny=lllyasviel/control_v11p_sd15_canny")
+        ref = ref.strip()
+        # A local folder or file is recorded by its absolute path, so that `--from` finds it from anywhere.
+        given[kind.strip().lower()] = str(Path(ref).expanduser().resolve()) if Path(ref).expanduser().exists() else ref
+    table.update(given)
+    if recorded and not specs:
+        names = {f.name for f in fields(ControlUnit)}
+        if not isinstance(recorded, list | tuple) or not all(isinstance(unit, dict) for unit in recorded):
+            raise InputError(f"control must be a list of ControlNet units, got {shown(recorded)}")
+        for unit in recorded:
+            missing = sorted({"type", "image", "model"} - unit.keys())
+            if missing:
+                raise InputError(f"a recorded ControlNet unit has no {missing[0]}: it cannot be re-made")
+        # A recorded unit keeps its own model unless --control-model names another for its type.
+        return tuple(ControlUnit(**{**{k: v for k, v in unit.items() if k in names},
+                                    **({"model": given[unit["type"]]} if str(unit["type"]) in given else {})})
+                     for unit in recorded)
+    if isinstance(specs, str):
+        specs = (specs,)
+    units = []
+    for spec in specs:
+        kind, image, scale = ControlUnit.parse(spec)
+        model = table.get(kind) or ""
+        _check_aux(kind)
+        if kind in _known_types() and not model:
+            raise InputError(f"no ControlNet model for control type {kind}: pass --control-model {kind}=REF, or add "
+                             f"{kind} = \"REF\" to the preset's [control] table")
+        unit = ControlUnit(
+            type=kind, image=str(Path(image).expanduser().resolve()) if image else image, model=str(model), scale=scale,
+            start=_number(settings, "control_start", 0.0), end=_number(settings, "control_end", 1.0),
+            guess_mode=settings.get("guess_mode") or False,
+            low=_number(settings, "canny_low", 100.0), high=_number(settings, "canny_high", 200.0))
+        if not Path(image).expanduser().is_file():
+            raise InputError(f"--control {spec}: control image {image} not found: give an existing picture")
+        units.append(unit)
+    return tuple(units)
+
+
+def _check_aux(kind: str) -> None:
+    """controlnet-aux types need the package: say so before any model loads."""
+    import importlib.util
+
+    from dreamcli.imageops.control import AUX_DETECTORS
+
+    if kind in AUX_DETECTORS and importlib.util.find_spec("controlnet_aux") is None:
+        raise InputError(f"control type {kind} needs controlnet-aux: pip install controlnet-aux (its "
+                         f"{AUX_DETECTORS[kind][0]} weights come from lllyasviel/Annotators), or give a ready map "
+                         f"with --control raw:MAP")
+
+
+def _known_types() -> tuple[str, ...]:
+    from dreamcli.imageops.control import TYPES
+
+    return TYPES
+
+
+def _number(settings: dict, key: str, default: float) -> float:
+    value = settings.get(key)
+    return default if value is None else value
+
+
+@dataclass(frozen=True)
 class ModelOptions:
     """What to load and how: shared by every task so that one loaded model serves them all."""
 
@@ -188,6 +313,15 @@ def check_model(model) -> None:
     """A request's model options must be a ModelOptions (a library caller may pass anything)."""
     if not isinstance(model, ModelOptions):
         raise InputError(f"model must be a ModelOptions, got {shown(model)}: build it with model_options_from()")
+
+
+def check_control(request) -> None:
+    """A request's ControlNets must be ControlUnits (a library caller may pass anything), kept as a tuple. Units
+    given as plain data (JSON from a server's client) are refused: their pictures' paths are the client's."""
+    control = request.control
+    if not isinstance(control, tuple | list) or not all(isinstance(unit, ControlUnit) for unit in control):
+        raise InputError(f"control must be a tuple of ControlUnit, got {shown(control)}")
+    object.__setattr__(request, "control", tuple(control))
 
 
 def check_steps_range(value: int, name: str = "steps") -> None:
@@ -269,12 +403,14 @@ class GenRequest:
     # else an upscaler's name or file (upscalers.py), run on the picture
     hires_strength: float = 0.5  # how much the second pass redraws (A1111's Denoising strength)
     hires_steps: int | None = None  # the second pass's steps before strength; None: the same as the first's
+    control: tuple[ControlUnit, ...] = ()  # ControlNets steering the picture (several: a MultiControlNet)
 
     HIRES_UPSCALERS = ("latent", "lanczos")  # a class constant, not a field; any other value names a GAN upscaler
 
     def __post_init__(self):
         check_field_types(self)
         check_model(self.model)
+        check_control(self)
         check_steps_range(self.num_inference_steps)
         self._check_hires()
         if self.guidance_scale < 0:
@@ -429,7 +565,7 @@ def gen_request_from(settings: dict, model: ModelOptions | None = None) -> GenRe
         for key, field_name in SETTING_TO_FIELD.items()
         if settings.get(key) is not None
     }
-    return GenRequest(model=model or model_options_from(settings), **kwargs)
+    return GenRequest(model=model or model_options_from(settings), control=control_units_from(settings), **kwargs)
 
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -659,9 +795,11 @@ class InpaintRequest(ImageRequestBase):
     invert_mask: bool = False
     width: int | None = None  # the size the model works at; None: the picture's shape at the model's area
     height: int | None = None
+    control: tuple[ControlUnit, ...] = ()  # ControlNets steering the repainting
 
     def __post_init__(self):
         _check_shared(self)
+        check_control(self)
         if self.mask is None or (isinstance(self.mask, str) and not self.mask):
             raise InputError("no mask: pass --mask MASK (white or opaque marks the area to repaint)")
         check_path_text("mask", self.mask)
@@ -731,9 +869,11 @@ class Img2ImgRequest(ImageRequestBase):
     strength: float = 0.75  # A1111's default denoising strength
     width: int | None = None  # the size the model draws (and the output); None: the picture's shape at the model's area
     height: int | None = None
+    control: tuple[ControlUnit, ...] = ()  # ControlNets steering the redraw
 
     def __post_init__(self):
         _check_shared(self)
+        check_control(self)
         check_work_size(self)
 
     @property

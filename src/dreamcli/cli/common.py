@@ -197,3 +197,55 @@ def with_shared_flags(command):
     wrapper.__signature__ = signature
     wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
     return wrapper
+
+
+# ---- ControlNet flags (gen, img2img, inpaint) ----
+Control = Annotated[list[str] | None, typer.Option(
+    "--control", metavar="TYPE:IMAGE[:SCALE]", help="Steer with a ControlNet (repeatable): canny (edges found here), "
+    "raw (IMAGE is already a map), or depth, openpose, lineart, softedge, normal, mlsd, scribble (controlnet-aux).",
+    rich_help_panel="ControlNet")]
+ControlModel = Annotated[list[str] | None, typer.Option(
+    "--control-model", metavar="TYPE=REF", help="The ControlNet for a type (folder, hub id or file); default: the "
+    "preset's \\[control] table (repeatable).", rich_help_panel="ControlNet")]
+ControlStart = Annotated[float | None, typer.Option(
+    "--control-start", help="Fraction of the steps where ControlNets start to steer (default 0).",
+    rich_help_panel="ControlNet")]
+ControlEnd = Annotated[float | None, typer.Option(
+    "--control-end", help="Fraction of the steps where they stop (default 1).", rich_help_panel="ControlNet")]
+GuessMode = Annotated[bool | None, typer.Option(
+    "--guess-mode/--no-guess-mode",
+    help="ControlNets see no prompt: they steer more (A1111's \"ControlNet is more important\").",
+    rich_help_panel="ControlNet")]
+CannyLow = Annotated[float | None, typer.Option(
+    "--canny-low", help="canny: weak edge threshold, 0-255 gradient (default 100).", rich_help_panel="ControlNet")]
+CannyHigh = Annotated[float | None, typer.Option(
+    "--canny-high", help="canny: strong edge threshold (default 200).", rich_help_panel="ControlNet")]
+# flag name -> (declaration, the settings key it sets)
+CONTROL_FLAGS = {
+    "control": (Control, "control_specs"), "control_model": (ControlModel, "control_models"),
+    "control_start": (ControlStart, "control_start"), "control_end": (ControlEnd, "control_end"),
+    "guess_mode": (GuessMode, "guess_mode"), "canny_low": (CannyLow, "canny_low"),
+    "canny_high": (CannyHigh, "canny_high"),
+}
+
+
+def with_control_flags(command):
+    """Give a command the ControlNet flags; it receives them as `control`, a dict of settings (None where not
+    given), to merge into its flags. Put it under `with_shared_flags`."""
+    own = inspect.signature(command, eval_str=True)
+    kept = [p for p in own.parameters.values() if p.name != "control"]
+    at = next((i for i, p in enumerate(kept) if p.name == "flags"), len(kept))
+    added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=declaration)
+             for name, (declaration, _) in CONTROL_FLAGS.items()]
+    signature = own.replace(parameters=kept[:at] + added + kept[at:])
+
+    @functools.wraps(command)
+    def wrapper(**arguments):
+        control = {key: arguments.pop(name) for name, (_, key) in CONTROL_FLAGS.items()}
+        for key in ("control_specs", "control_models"):
+            control[key] = control[key] or None  # Typer gives [] for a list option never used
+        return command(control=control, **arguments)
+
+    wrapper.__signature__ = signature
+    wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return wrapper

@@ -50,7 +50,12 @@ def settings_from_image(path: str, flags: dict | None = None) -> dict:
     """
     from dreamcli.io.metadata import read_metadata
 
-    settings = image_settings(path, read_metadata(path))
+    meta = read_metadata(path)
+    settings = image_settings(path, meta)
+    if settings.get("control_units") and not (flags or {}).get("control_specs"):
+        from dreamcli.tasks.control import recorded_units
+
+        recorded_units(path, meta["dreamcli"])  # the same control pictures must still be where they were
     check_image_settings(path, settings, flags)
     return settings
 
@@ -91,6 +96,8 @@ def image_settings(path: str, meta: dict) -> dict:
             # Hires 0 (off) when the record has none, so that a preset's or config's hires does not apply.
             "hires": req.get("hires_scale") or 0, "hires_upscaler": req.get("hires_upscaler"),
             "hires_strength": req.get("hires_strength"), "hires_steps": req.get("hires_steps"),
+            # ControlNets: each unit with its picture's path and model (settings_from_image checks the pictures)
+            "control_units": req.get("control") or None,
         }
         return {k: v for k, v in out.items() if v is not None}  # what is missing takes the usual default
     if meta["parameters"]:
@@ -357,6 +364,7 @@ def _json_line(path: Path, record: dict) -> dict:
 
 
 @common.with_shared_flags
+@common.with_control_flags
 def gen(
     prompts: Annotated[list[str] | None, typer.Argument(help="Prompts; each makes -n images.")] = None,
     prompts_file: Annotated[str | None, typer.Option(
@@ -385,6 +393,7 @@ def gen(
         "$DREAM_SERVER; credentials as http://USER:PASS@host:port); they are written here as usual.",
         rich_help_panel="Output")] = None,
     flags: dict | None = None,  # the shared flags: see common.with_shared_flags
+    control: dict | None = None,  # the ControlNet flags: see common.with_control_flags
     json_out: bool = False,
     quiet: bool = False,
 ) -> None:
@@ -399,6 +408,7 @@ def gen(
         **flags,  # the flags every generating command has
         "guidance_rescale": guidance_rescale, "width": width, "height": height, "batch_size": batch_size,
         "hires": hires, "hires_upscaler": hires_upscaler, "hires_strength": hires_strength, "hires_steps": hires_steps,
+        **(control or {}),
     }
     with user_errors():
         plan = plan_gen(prompts or [], prompts_file, from_image, flags)
@@ -406,6 +416,9 @@ def gen(
                                           ("--hires-steps", hires_steps)) if value is not None]
         if given and not any(request.hires_scale for request in plan.requests):
             hint(f"{', '.join(given)} does nothing without --hires SCALE", quiet)
+        if server and any(request.control for request in plan.requests):
+            raise InputError("--control names pictures on this machine, which the server cannot read: run without "
+                             "--server")
         code = run_remote(plan, server, json_out, quiet) if server else run_plan(plan, json_out, quiet)
     if code:
         raise typer.Exit(code)

@@ -69,6 +69,10 @@ def build_request(cls, settings: dict, **fields):
     """A validated request from merged settings plus this command's own fields (None: the default)."""
     kwargs = request_fields(settings, cls)
     kwargs.update({k: v for k, v in fields.items() if v is not None})
+    if "control" in cls.__dataclass_fields__:  # gen, img2img and inpaint take ControlNets
+        from dreamcli.requests import control_units_from
+
+        kwargs["control"] = control_units_from(settings)
     return cls(model=model_options_from(settings), **kwargs)
 
 

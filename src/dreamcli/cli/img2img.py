@@ -19,6 +19,7 @@ Img2ImgStrength = Annotated[float | None, typer.Option(
 
 
 @common.with_shared_flags
+@common.with_control_flags
 def img2img(
     images: ImagesArg,
     prompt: PromptOption = None,
@@ -28,6 +29,7 @@ def img2img(
     height: Annotated[int | None, typer.Option(
         "-H", "--height", help="Output height (multiple of 8).")] = None,
     flags: dict | None = None,  # the shared flags: see common.with_shared_flags
+    control: dict | None = None,  # the ControlNet flags: see common.with_control_flags
     json_out: bool = False,
     quiet: bool = False,
 ) -> None:
@@ -36,6 +38,7 @@ def img2img(
     from dreamcli.tasks.img2img import iter_img2img, read_inputs
 
     run_image_command(
-        "img2img", iter_img2img, read_inputs, Img2ImgRequest, images, prompt, flags, json_out, quiet,
+        "img2img", iter_img2img, read_inputs, Img2ImgRequest, images, prompt,
+        {**flags, **(control or {})}, json_out, quiet,
         dict(strength=strength, width=width, height=height),
     )

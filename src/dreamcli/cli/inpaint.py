@@ -18,6 +18,7 @@ from dreamcli.cli.image_common import (
 
 
 @common.with_shared_flags
+@common.with_control_flags
 def inpaint(
     images: ImagesArg,
     prompt: PromptOption = None,
@@ -30,6 +31,7 @@ def inpaint(
     width: WorkWidth = None,
     height: WorkHeight = None,
     flags: dict | None = None,  # the shared flags: see common.with_shared_flags
+    control: dict | None = None,  # the ControlNet flags: see common.with_control_flags
     json_out: bool = False,
     quiet: bool = False,
 ) -> None:
@@ -38,7 +40,8 @@ def inpaint(
     from dreamcli.tasks.inpaint import iter_inpaint, read_inputs
 
     run_image_command(
-        "inpaint", iter_inpaint, read_inputs, InpaintRequest, images, prompt, flags, json_out, quiet,
+        "inpaint", iter_inpaint, read_inputs, InpaintRequest, images, prompt,
+        {**flags, **(control or {})}, json_out, quiet,
         dict(mask=mask or "", mask_blur=mask_blur, invert_mask=invert_mask, strength=strength, width=width,
              height=height),
         task_model_key="inpaint_model",

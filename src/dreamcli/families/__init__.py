@@ -14,8 +14,14 @@ from pathlib import Path
 
 from dreamcli.errors import InputError
 
-TASKS = ("text2img", "img2img", "inpaint")
-COMMANDS = {"text2img": "gen", "img2img": "img2img, colorize and upscale", "inpaint": "inpaint and outpaint"}
+TASKS = ("text2img", "img2img", "inpaint", "control-text2img", "control-img2img", "control-inpaint",
+         "control-union-text2img", "control-union-img2img", "control-union-inpaint")
+COMMANDS = {"text2img": "gen", "img2img": "img2img, colorize and upscale", "inpaint": "inpaint and outpaint",
+            "control-text2img": "gen --control", "control-img2img": "img2img --control",
+            "control-inpaint": "inpaint --control", "control-union-text2img": "gen --control with a Union model",
+            "control-union-img2img": "img2img --control with a Union model",
+            "control-union-inpaint": "inpaint --control with a Union model"}
+CONTROL = "control-"  # a task's ControlNet pipeline is `pipelines["control-" + task]`
 
 
 class UnsupportedModel(InputError):
@@ -46,7 +52,8 @@ class Family:
     name: str  # what records and presets say: "sd1", "flux"
     label: str  # what users read: "Flux.1"
     index_classes: frozenset[str]  # model_index.json `_class_name`s of its diffusers folders
-    pipelines: dict[str, str]  # task -> diffusers pipeline class; a task absent here is refused
+    pipelines: dict[str, str]  # task -> diffusers pipeline class; a task absent here is refused ("control-" + task:
+    # the ControlNet pipeline for it)
     config_repos: dict[str, str]  # variant -> hub repo whose configs complete a single file ("" is the default)
     native_size: int  # pixels per side it was trained at, where its configs do not say
     denoiser: str = "unet"  # the pipeline attribute holding the denoiser ("unet" | "transformer")
@@ -57,7 +64,6 @@ class Family:
     skips_input_scaling: bool = False  # its pipelines never call scale_model_input (Euler-type samplers break)
     lora: str = "pipeline"  # "pipeline": diffusers' load_lora_weights; "peft": an adapter on the denoiser
     lora_kind: str | None = None  # which LORA_KINDS entry fits it (None: its LoRAs cannot be told by name)
-    tunable: bool = False  # `dream tune` supports it
     single_file: bool = True  # diffusers can build it from one checkpoint file
     claims_folder: Callable[[dict, Path], bool] | None = None  # (model_index, folder) -> is it ours
     claims_keys: Callable[[dict], bool] | None = None  # single-file tensor names -> is it ours
@@ -76,6 +82,8 @@ class Family:
     # How A1111 prompt weights are honoured (tasks/prompt_weights.py): "clip" (one CLIP encoder), "clip-pair"
     # (SDXL's two) or "text" (T5 and other encoders that read text: the syntax is taken out)
     prompt_encoding: str = "text"
+    # Its ControlNet classes (single and several at once), where pipelines has control tasks
+    controlnet_classes: tuple[str, str] = ("ControlNetModel", "MultiControlNetModel")
 
     def pipeline_class(self, task: str) -> str:
         """The diffusers class for a task, or a one-line refusal naming the family and the command."""

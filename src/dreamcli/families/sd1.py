@@ -12,6 +12,9 @@ SD_PIPELINES = {
     "text2img": "StableDiffusionPipeline",
     "img2img": "StableDiffusionImg2ImgPipeline",
     "inpaint": "StableDiffusionInpaintPipeline",
+    "control-text2img": "StableDiffusionControlNetPipeline",
+    "control-img2img": "StableDiffusionControlNetImg2ImgPipeline",
+    "control-inpaint": "StableDiffusionControlNetInpaintPipeline",
 }
 
 
@@ -34,7 +37,6 @@ FAMILY = Family(
     config_repos={"": "stable-diffusion-v1-5/stable-diffusion-v1-5"},
     native_size=512,
     lora_kind=UNET,
-    tunable=True,
     claims_folder=lambda index, folder: is_sd_folder(index) and cross_attention_width(folder) != 1024,
     # OpenAI CLIP ViT-L under the original (LDM) names; SD 2.x and SDXL are asked first.
     claims_keys=lambda keys: any(k.startswith("cond_stage_model.transformer.") for k in keys),

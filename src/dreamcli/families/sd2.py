@@ -15,7 +15,6 @@ FAMILY = Family(
     config_repos={"": "stabilityai/stable-diffusion-2-1"},
     native_size=768,
     lora_kind=UNET,
-    tunable=True,
     claims_folder=lambda index, folder: is_sd_folder(index) and cross_attention_width(folder) == 1024,
     claims_keys=lambda keys: any(k.startswith("cond_stage_model.model.") for k in keys),  # OpenCLIP ViT-H
     decode=decode_vae,

@@ -33,7 +33,10 @@ FAMILY = Family(
         "text2img": "StableDiffusion3Pipeline",
         "img2img": "StableDiffusion3Img2ImgPipeline",
         "inpaint": "StableDiffusion3InpaintPipeline",
+        # Its inpaint ControlNet pipeline needs an inpainting ControlNet (extra mask channels): not offered.
+        "control-text2img": "StableDiffusion3ControlNetPipeline",
     },
+    controlnet_classes=("SD3ControlNetModel", "SD3MultiControlNetModel"),
     config_repos={
         "": "stabilityai/stable-diffusion-3-medium-diffusers",
         "sd35-medium": "stabilityai/stable-diffusion-3.5-medium",

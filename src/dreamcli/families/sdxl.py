@@ -18,6 +18,13 @@ FAMILY = Family(
         "text2img": "StableDiffusionXLPipeline",
         "img2img": "StableDiffusionXLImg2ImgPipeline",
         "inpaint": "StableDiffusionXLInpaintPipeline",
+        "control-text2img": "StableDiffusionXLControlNetPipeline",
+        "control-img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
+        "control-inpaint": "StableDiffusionXLControlNetInpaintPipeline",
+        # ControlNet-Union (one model, many types): AutoPipeline's from_pipe does not pick these (diffusers 0.42)
+        "control-union-text2img": "StableDiffusionXLControlNetUnionPipeline",
+        "control-union-img2img": "StableDiffusionXLControlNetUnionImg2ImgPipeline",
+        "control-union-inpaint": "StableDiffusionXLControlNetUnionInpaintPipeline",
     },
     config_repos={"": "stabilityai/stable-diffusion-xl-base-1.0"},
     native_size=1024,

@@ -56,9 +56,35 @@ def a1111_parameters(record: dict) -> str:
         fields["Hires upscaler"] = HIRES_UPSCALER_NAMES.get(req["hires_upscaler"], req["hires_upscaler"])
     if record.get("upscaler"):  # the SD upscale's first stage, as A1111's "SD upscale" script names it
         fields["SD upscale upscaler"] = record["upscaler"]["name"]
+    if isinstance(record.get("control"), list):
+        fields.update(a1111_control_fields(record["control"]))
     fields["Version"] = f"dreamcli {record['versions']['dreamcli']}"
     lines.append(", ".join(f"{k}: {v}" for k, v in fields.items() if v != ""))
     return "\n".join(lines)
+
+
+def a1111_control_fields(control: list[dict]) -> dict:
+    """A1111's ControlNet infotext keys (`ControlNet 0: "Module: canny, Model: NAME [hash], ..."`)."""
+    fields = {}
+    for i, unit in enumerate(control):
+        model = f"{unit.get('model_name', '')} [{unit.get('model_hash', '')}]" if unit.get("model_hash") else \
+            unit.get("model_name", "")
+        canny = unit.get("type") == "canny"
+        parts = {
+            "Module": unit.get("module", unit.get("type")),
+            "Model": model,
+            "Weight": f"{unit.get('scale', 1.0):g}",
+            "Resize Mode": "Just Resize",
+            "Processor Res": min(unit.get("map_size") or [512]),
+            "Threshold A": f"{unit.get('low', 100):g}" if canny else -1,
+            "Threshold B": f"{unit.get('high', 200):g}" if canny else -1,
+            "Guidance Start": f"{unit.get('start', 0.0):g}",
+            "Guidance End": f"{unit.get('end', 1.0):g}",
+            "Pixel Perfect": False,
+            "Control Mode": "ControlNet is more important" if unit.get("guess_mode") else "Balanced",
+        }
+        fields[f"ControlNet {i}"] = '"' + ", ".join(f"{k}: {v}" for k, v in parts.items()) + '"'
+    return fields
 
 
 def parse_a1111_parameters(text: str) -> dict:

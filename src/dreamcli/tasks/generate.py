@@ -136,7 +136,7 @@ def check_requests(requests: Iterable[GenRequest], batch_size: int, images: int,
     seen = set()
     for request in requests:
         key = (request.model, request.width, request.height, request.num_inference_steps, request.hires_scale,
-               request.hires_steps, request.hires_strength)
+               request.hires_steps, request.hires_strength, request.control)
         if key in seen:
             continue
         seen.add(key)
@@ -147,6 +147,11 @@ def check_requests(requests: Iterable[GenRequest], batch_size: int, images: int,
         pipe, loaded = pipeline_for("text2img", request.model)
         check_multiple(loaded, width, height)
         fit_call(pipe, loaded, _call_kwargs(request, width, height))  # refuses a flag this model ignores
+        if request.control:
+            from dreamcli.tasks.control import check_controls, control_pipeline
+
+            check_controls(request.control)
+            control_pipeline("text2img", request)  # refuses a family without ControlNets, loads each one
         if batch > 1:
             check_batch_pixels(batch, width, height, "one batch", "lower --batch-size")
         if request.hires_scale:
@@ -201,6 +206,12 @@ def _generate(requests: list[GenRequest], jobs: Iterable[ImageJob], images: int,
         first = batch[0].request
         pipe, loaded = pipeline_for("text2img", first.model)
         width, height = sizes[first.model, first.width, first.height]
+        control, control_models = {}, []
+        if first.control:
+            from dreamcli.tasks.control import control_kwargs, control_maps, control_pipeline
+
+            pipe, loaded, control_models = control_pipeline("text2img", first)
+            control = control_kwargs(pipe, first.control, control_maps(first.control, (width, height)))
         hires = next((job.request for job in batch if job.request.hires_scale), None)
         # With a hires pass to come, the steps shown cover both passes.
         progress = TwoPassProgress(on_step, hires) if hires else None
@@ -210,6 +221,7 @@ def _generate(requests: list[GenRequest], jobs: Iterable[ImageJob], images: int,
             prompt=[job.request.prompt for job in batch],
             generator=[cpu_generator(job.seed) for job in batch],
             **loaded.spec.progress(counter, first.num_inference_steps),
+            **control,
         )
         latents = latents_of(pipe, fit_call(pipe, loaded, kwargs))
         # The latent upscaler starts from the latents: the first pass's pictures are decoded only when needed.
@@ -224,6 +236,10 @@ def _generate(requests: list[GenRequest], jobs: Iterable[ImageJob], images: int,
                 image, upscaler, notes = second.image, second.upscaler, [second.note] if second.note else []
             record = make_record(request, loaded, pipe, job.seed, job.index, image, batch=len(batch),
                                  first_pass=(width, height), hires_upscaler=upscaler)
+            if request.control:
+                from dreamcli.tasks.control import control_record
+
+                record["control"] = control_record(request.control, control_models, (width, height))
             yield GenResult(image, job.seed, job.index, record, notes)
 
 
@@ -247,7 +263,7 @@ def _batches(jobs: Iterable[ImageJob], batch_size: int, sizes: dict) -> Iterator
     for job in jobs:
         request = job.request
         job_key = (request.model, _size(request, sizes), request.num_inference_steps, request.guidance_scale,
-                   request.guidance_rescale, request.negative_prompt)
+                   request.guidance_rescale, request.negative_prompt, request.control)
         if batch and job_key != key:
             yield batch
             batch = []

@@ -28,6 +28,10 @@ def read_inputs(request: Img2ImgRequest) -> tuple[Image.Image, Image.Image | Non
     source = open_input(request.image)
     if request.width or request.height:  # an explicit size needs no model to be checked
         check_work_size(work_size(source.size, 8, request.width, request.height))
+    if request.control:
+        from dreamcli.tasks.control import check_controls
+
+        check_controls(request.control)
     return split_alpha(source)
 
 
@@ -45,15 +49,29 @@ def iter_img2img(request: Img2ImgRequest, on_step: StepCallback | None = None) -
     size = work_size(picture.size, native_size(loaded), request.width, request.height)
     check_work_size(size)
     start = picture.resize(size, Image.Resampling.LANCZOS) if picture.size != size else picture
+    control, extra = {}, {}
+    if request.control:
+        from dreamcli.tasks.control import control_kwargs, control_maps, control_pipeline, control_record
+
+        pipe, loaded, models = control_pipeline("img2img", request)
+        maps = control_maps(request.control, draw_size(loaded, size))
+        control = control_kwargs(pipe, request.control, maps)
+        extra["control"] = control_record(request.control, models, maps[0].size)
     first = base_seed(request.seed)
     for index in range(request.num_images):
         seed = first + index
         counter = StepCounter(on_step)
-        drawn = draw(pipe, loaded, image=start, **call_kwargs(request, request.prompt, seed, counter))
+        drawn = draw(pipe, loaded, image=start, **call_kwargs(request, request.prompt, seed, counter), **control)
         image = with_alpha(drawn, alpha)
         record = make_image_record("img2img", request, loaded, pipe, seed, index, image,
-                                   {"work_size": list(size), "denoising_steps": request.denoising_steps})
+                                   {"work_size": list(size), "denoising_steps": request.denoising_steps, **extra})
         yield ImageResult(image, seed, index, record)
+
+
+def draw_size(loaded, size: tuple[int, int]) -> tuple[int, int]:
+    """The size `draw` runs the model at (whole blocks of the model's size multiple), which a map must have."""
+    step = loaded.spec.size_multiple(loaded.pipe)
+    return tuple(max(step, round(side / step) * step) for side in size)
 
 
 def img2img(request: Img2ImgRequest, on_step: StepCallback | None = None) -> list[ImageResult]:

@@ -43,7 +43,7 @@ def model_mask(soft: Image.Image) -> Image.Image:
 
 
 def draw_masked(pipe, loaded, image: Image.Image, mask: Image.Image, size: tuple[int, int], request, seed: int,
-                callback) -> Image.Image:
+                callback, **extra) -> Image.Image:
     """One call of diffusers' inpaint pipeline at `size`, returned at the input's size."""
     work_w, work_h = size
     out = draw(
@@ -54,6 +54,7 @@ def draw_masked(pipe, loaded, image: Image.Image, mask: Image.Image, size: tuple
         width=work_w,
         height=work_h,
         **call_kwargs(request, request.prompt, seed, callback),
+        **extra,
     )
     return out.resize(image.size, Image.Resampling.LANCZOS) if out.size != image.size else out
 
@@ -66,6 +67,10 @@ def read_inputs(request: InpaintRequest):
     if request.width or request.height:  # an explicit size needs no model to be checked
         check_work_size(work_size(original.size, 8, request.width, request.height))
     soft, notes = prepare_mask(request, original.size)
+    if request.control:
+        from dreamcli.tasks.control import check_controls
+
+        check_controls(request.control)
     return source, original, alpha, soft, notes
 
 
@@ -93,16 +98,24 @@ def iter_inpaint(request: InpaintRequest, on_step: StepCallback | None = None) -
     pipe, loaded = pipeline_for("inpaint", request.model)
     size = work_size(original.size, native_size(loaded), request.width, request.height)
     check_work_size(size)
+    control, extra = {}, {"work_size": list(size)}
+    if request.control:
+        from dreamcli.tasks.control import control_kwargs, control_maps, control_pipeline, control_record
+        from dreamcli.tasks.img2img import draw_size
+
+        pipe, loaded, models = control_pipeline("inpaint", request)
+        maps = control_maps(request.control, draw_size(loaded, size))
+        control = control_kwargs(pipe, request.control, maps)
+        extra["control"] = control_record(request.control, models, maps[0].size)
     first = base_seed(request.seed)
     for index in range(request.num_images):
         seed = first + index
         counter = StepCounter(on_step)
-        drawn = draw_masked(pipe, loaded, original, hard, size, request, seed, counter)
+        drawn = draw_masked(pipe, loaded, original, hard, size, request, seed, counter, **control)
         image = paste_back(original, drawn, soft)
         if alpha is not None:
             image = keep_transparency(source, image, alpha, soft)
-        record = make_image_record("inpaint", request, loaded, pipe, seed, index, image,
-                                   {"work_size": list(size)})
+        record = make_image_record("inpaint", request, loaded, pipe, seed, index, image, extra)
         yield ImageResult(image, seed, index, record, notes)
 
 
