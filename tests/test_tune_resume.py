@@ -159,7 +159,8 @@ def test_a_run_killed_with_sigkill_resumes_to_the_unbroken_runs_weights(tiny, su
     left = record(outdir)
     assert left["status"] == "running" and left["pid"] == pid and was_killed(left)
     newest = checkpoints(outdir)[-1][0]
-    assert newest % 4 == 0 and left["checkpoint_step"] == newest
+    # The record names a checkpoint only after it is in place, so a kill between the two leaves it one behind.
+    assert newest % 4 == 0 and left.get("checkpoint_step", 0) in (newest - 4, newest)
 
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
