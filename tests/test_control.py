@@ -296,3 +296,19 @@ def test_a_preset_control_table_with_a_typo_is_refused(cli, tmp_path, tiny, nets
     monkeypatch.setenv("DREAMCLI_HOME", str(home))
     result, outdir = gen(cli, tmp_path, "typo", "--control", f"canny:{nets['square']}")
     assert_refused(result, outdir, "[control] 'cany' is no control type", "canny")
+
+
+def test_the_hires_pass_is_steered_too(cli, tmp_path, tiny, nets):
+    """The second pass runs the ControlNet img2img pipeline (latents in, as the plain one takes them): a zero
+    ControlNet still changes nothing, pixel for pixel, and a perturbed one changes the hires picture."""
+    hires = ["--hires", 1.5, "--hires-steps", 2]
+    plain, plain_dir = gen(cli, tmp_path, tiny["sd1"], *hires, name="plain")
+    zero, zero_dir = gen(cli, tmp_path, tiny["sd1"], *hires, "--control", f"canny:{nets['square']}",
+                         "--control-model", f"canny={nets['zero']}", name="zero")
+    steered, steered_dir = gen(cli, tmp_path, tiny["sd1"], *hires, "--control", f"canny:{nets['square']}",
+                               "--control-model", f"canny={nets['sd1']}", name="steered")
+    base = pixels(only_picture(plain, plain_dir))
+    assert base.shape[:2] == (48, 48)
+    assert np.array_equal(pixels(only_picture(zero, zero_dir)), base)
+    assert np.abs(pixels(only_picture(steered, steered_dir)) - base).max() > 10
+    assert "note:" not in steered.stderr

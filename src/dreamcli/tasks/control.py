@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from PIL import Image
@@ -96,11 +95,9 @@ def union_kwargs(units: tuple[ControlUnit, ...], maps: list[Image.Image], key: s
 
 def file_sha256(path: str) -> str:
     """The SHA-256 of a file's bytes (what the record keeps of a control picture)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from dreamcli.checkpoints import file_sha256 as sha256
+
+    return sha256(Path(path))
 
 
 def control_record(units: tuple[ControlUnit, ...], models: list[tuple[str, str]], size: tuple[int, int]) -> list[dict]:

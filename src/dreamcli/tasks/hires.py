@@ -19,7 +19,7 @@ from dreamcli.requests import MAX_SIDE, GenRequest
 # Kandinsky 2.2's img2img always encodes `image` through MoVQ, so latents cannot go in there.
 LATENT_INPUT_PIPELINES = frozenset({
     "StableDiffusionImg2ImgPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusion3Img2ImgPipeline",
-    "FluxImg2ImgPipeline",
+    "FluxImg2ImgPipeline", "StableDiffusionControlNetImg2ImgPipeline", "StableDiffusionXLControlNetImg2ImgPipeline",
 })
 
 
@@ -43,9 +43,18 @@ def hires_size(loaded, width: int, height: int, scale: float) -> tuple[int, int]
     return tuple(max(step, round(side * scale / step) * step) for side in (width, height))
 
 
-def latent_problem(loaded) -> str | None:
+def second_pass_task(request: GenRequest, loaded) -> str:
+    """The pipeline task of the second pass: the ControlNet img2img one when the request steers and the family
+    has it (SD3 has none: its second pass runs unsteered, with a note)."""
+    from dreamcli.families import CONTROL
+
+    controlled = CONTROL + "img2img"
+    return controlled if request.control and controlled in loaded.spec.pipelines else "img2img"
+
+
+def latent_problem(loaded, task: str = "img2img") -> str | None:
     """Why the latent upscaler cannot feed this model's img2img pipeline (None when it can)."""
-    name = loaded.spec.pipelines.get("img2img")
+    name = loaded.spec.pipelines.get(task)
     if name in LATENT_INPUT_PIPELINES:
         return None
     return f"its {name} encodes every picture itself and takes no latents"
@@ -55,7 +64,7 @@ def upscaler_for(request: GenRequest, loaded) -> tuple[str, str | None]:
     """(upscaler that runs, note): a model whose img2img takes no latents gets Lanczos, and a line saying so."""
     if request.hires_upscaler != "latent":
         return request.hires_upscaler, None
-    problem = latent_problem(loaded)
+    problem = latent_problem(loaded, second_pass_task(request, loaded))
     if problem is None:
         return "latent", None
     return "lanczos", f"--hires-upscaler latent does not fit {loaded.spec.label} models ({problem}): used lanczos"
@@ -114,6 +123,15 @@ def hires_fix(request: GenRequest, first_pipe, latents, picture: Image.Image | N
     pipe, loaded = pipeline_for("img2img", request.model)
     final = hires_size(loaded, size[0], size[1], request.hires_scale)
     upscaler, note = upscaler_for(request, loaded)
+    control = {}
+    if second_pass_task(request, loaded) != "img2img":  # the ControlNets steer the second pass too
+        from dreamcli.tasks.control import control_kwargs, control_maps, control_pipeline
+
+        pipe, loaded, _ = control_pipeline("img2img", request)
+        control = control_kwargs(pipe, request.control, control_maps(request.control, final))
+    elif request.control:
+        unsteered = f"{loaded.spec.label} models have no ControlNet img2img pipeline: the hires pass ran unsteered"
+        note = f"{note}; {unsteered}" if note else unsteered
     if upscaler == "latent":
         source = upscale_latents(first_pipe, latents, size, final)
     elif upscaler == "lanczos":
@@ -139,7 +157,7 @@ def hires_fix(request: GenRequest, first_pipe, latents, picture: Image.Image | N
     }
     if _takes(pipe, "guidance_rescale"):  # SD's img2img has no rescale: its second pass runs plain CFG
         kwargs["guidance_rescale"] = request.guidance_rescale
-    kwargs.update(loaded.spec.progress(counter, steps))
+    kwargs.update(loaded.spec.progress(counter, steps), **control)
     out = latents_of(pipe, fit_call(pipe, loaded, kwargs))
     image = decode_latents(loaded, pipe, out, final[0], final[1])[0]
     return HiresPass(image, upscaler, note)
