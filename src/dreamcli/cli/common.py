@@ -230,10 +230,10 @@ CONTROL_FLAGS = {
 
 
 def with_control_flags(command):
-    """Give a command the ControlNet flags; it receives them as `control`, a dict of settings (None where not
-    given), to merge into its flags. Put it under `with_shared_flags`."""
+    """Give a command the ControlNet flags; their settings (None where not given) join its `flags`. Put it under
+    `with_shared_flags`, which hands the command its `flags`."""
     own = inspect.signature(command, eval_str=True)
-    kept = [p for p in own.parameters.values() if p.name != "control"]
+    kept = list(own.parameters.values())
     at = next((i for i, p in enumerate(kept) if p.name == "flags"), len(kept))
     added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=declaration)
              for name, (declaration, _) in CONTROL_FLAGS.items()]
@@ -244,7 +244,8 @@ def with_control_flags(command):
         control = {key: arguments.pop(name) for name, (_, key) in CONTROL_FLAGS.items()}
         for key in ("control_specs", "control_models"):
             control[key] = control[key] or None  # Typer gives [] for a list option never used
-        return command(control=control, **arguments)
+        arguments["flags"] = {**(arguments.get("flags") or {}), **control}
+        return command(**arguments)
 
     wrapper.__signature__ = signature
     wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}

@@ -379,7 +379,8 @@ def gen(
         "redraw the result with img2img, as A1111 does (0: off).")] = None,
     hires_upscaler: Annotated[str | None, typer.Option(
         "--hires-upscaler", help="How --hires enlarges: latent (the latents, bilinear: A1111's Latent; the "
-        "default) or lanczos (the picture).")] = None,
+        "default), lanczos (the picture), or an upscaler model's name or file (`dream upscale --upscaler "
+        "list`).")] = None,
     hires_strength: Annotated[float | None, typer.Option(
         "--hires-strength", help="How much the --hires pass redraws: more than 0, at most 1 (A1111's Denoising "
         "strength; default 0.5).")] = None,
@@ -392,8 +393,7 @@ def gen(
         "--server", envvar="DREAM_SERVER", metavar="URL", help="Let a running `dream serve` make the images (also "
         "$DREAM_SERVER; credentials as http://USER:PASS@host:port); they are written here as usual.",
         rich_help_panel="Output")] = None,
-    flags: dict | None = None,  # the shared flags: see common.with_shared_flags
-    control: dict | None = None,  # the ControlNet flags: see common.with_control_flags
+    flags: dict | None = None,  # the shared and ControlNet flags: see common.with_*_flags
     json_out: bool = False,
     quiet: bool = False,
 ) -> None:
@@ -408,7 +408,6 @@ def gen(
         **flags,  # the flags every generating command has
         "guidance_rescale": guidance_rescale, "width": width, "height": height, "batch_size": batch_size,
         "hires": hires, "hires_upscaler": hires_upscaler, "hires_strength": hires_strength, "hires_steps": hires_steps,
-        **(control or {}),
     }
     with user_errors():
         plan = plan_gen(prompts or [], prompts_file, from_image, flags)

@@ -10,6 +10,8 @@ from dreamcli.cli import common
 from dreamcli.cli.image_common import (
     ImagesArg,
     PromptOption,
+    WorkHeight,
+    WorkWidth,
     run_image_command,
 )
 
@@ -24,12 +26,9 @@ def img2img(
     images: ImagesArg,
     prompt: PromptOption = None,
     strength: Img2ImgStrength = None,
-    width: Annotated[int | None, typer.Option(
-        "-W", "--width", help="Output width (default: the picture's shape at the model's size).")] = None,
-    height: Annotated[int | None, typer.Option(
-        "-H", "--height", help="Output height (multiple of 8).")] = None,
-    flags: dict | None = None,  # the shared flags: see common.with_shared_flags
-    control: dict | None = None,  # the ControlNet flags: see common.with_control_flags
+    width: WorkWidth = None,  # img2img's output is the size it works at
+    height: WorkHeight = None,
+    flags: dict | None = None,  # the shared and ControlNet flags: see common.with_*_flags
     json_out: bool = False,
     quiet: bool = False,
 ) -> None:
@@ -39,6 +38,6 @@ def img2img(
 
     run_image_command(
         "img2img", iter_img2img, read_inputs, Img2ImgRequest, images, prompt,
-        {**flags, **(control or {})}, json_out, quiet,
+        flags, json_out, quiet,
         dict(strength=strength, width=width, height=height),
     )

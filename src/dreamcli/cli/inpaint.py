@@ -30,8 +30,7 @@ def inpaint(
     strength: Strength = None,
     width: WorkWidth = None,
     height: WorkHeight = None,
-    flags: dict | None = None,  # the shared flags: see common.with_shared_flags
-    control: dict | None = None,  # the ControlNet flags: see common.with_control_flags
+    flags: dict | None = None,  # the shared and ControlNet flags: see common.with_*_flags
     json_out: bool = False,
     quiet: bool = False,
 ) -> None:
@@ -41,7 +40,7 @@ def inpaint(
 
     run_image_command(
         "inpaint", iter_inpaint, read_inputs, InpaintRequest, images, prompt,
-        {**flags, **(control or {})}, json_out, quiet,
+        flags, json_out, quiet,
         dict(mask=mask or "", mask_blur=mask_blur, invert_mask=invert_mask, strength=strength, width=width,
              height=height),
         task_model_key="inpaint_model",

@@ -25,6 +25,17 @@ def control_pipeline(task: str, request):
     return control_pipeline_for(task, request.model, tuple(unit.model for unit in request.control))
 
 
+def steer(task: str, request, size: tuple[int, int]):
+    """A request's ControlNets for one task: (pipeline, loaded model, call arguments, record), the maps made at the
+    size the model will draw nearest to `size`."""
+    from dreamcli.tasks.image_common import draw_size
+
+    pipe, loaded, models = control_pipeline(task, request)
+    maps = control_maps(request.control, draw_size(loaded, size))
+    return pipe, loaded, control_kwargs(pipe, request.control, maps), control_record(request.control, models,
+                                                                                      maps[0].size)
+
+
 def control_maps(units: tuple[ControlUnit, ...], size: tuple[int, int]) -> list[Image.Image]:
     """Each unit's map at the working size: the picture resized, then its preprocessor run (raw: as it is)."""
     from dreamcli.imageops.control import control_map

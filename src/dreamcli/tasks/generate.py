@@ -206,12 +206,11 @@ def _generate(requests: list[GenRequest], jobs: Iterable[ImageJob], images: int,
         first = batch[0].request
         pipe, loaded = pipeline_for("text2img", first.model)
         width, height = sizes[first.model, first.width, first.height]
-        control, control_models = {}, []
+        control, control_record = {}, None  # a batch shares its control units (_batches keys on them)
         if first.control:
-            from dreamcli.tasks.control import control_kwargs, control_maps, control_pipeline
+            from dreamcli.tasks.control import steer
 
-            pipe, loaded, control_models = control_pipeline("text2img", first)
-            control = control_kwargs(pipe, first.control, control_maps(first.control, (width, height)))
+            pipe, loaded, control, control_record = steer("text2img", first, (width, height))
         hires = next((job.request for job in batch if job.request.hires_scale), None)
         # With a hires pass to come, the steps shown cover both passes.
         progress = TwoPassProgress(on_step, hires) if hires else None
@@ -236,10 +235,8 @@ def _generate(requests: list[GenRequest], jobs: Iterable[ImageJob], images: int,
                 image, upscaler, notes = second.image, second.upscaler, [second.note] if second.note else []
             record = make_record(request, loaded, pipe, job.seed, job.index, image, batch=len(batch),
                                  first_pass=(width, height), hires_upscaler=upscaler)
-            if request.control:
-                from dreamcli.tasks.control import control_record
-
-                record["control"] = control_record(request.control, control_models, (width, height))
+            if control_record is not None:
+                record["control"] = control_record
             yield GenResult(image, job.seed, job.index, record, notes)
 
 

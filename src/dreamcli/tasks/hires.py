@@ -125,10 +125,9 @@ def hires_fix(request: GenRequest, first_pipe, latents, picture: Image.Image | N
     upscaler, note = upscaler_for(request, loaded)
     control = {}
     if second_pass_task(request, loaded) != "img2img":  # the ControlNets steer the second pass too
-        from dreamcli.tasks.control import control_kwargs, control_maps, control_pipeline
+        from dreamcli.tasks.control import steer
 
-        pipe, loaded, _ = control_pipeline("img2img", request)
-        control = control_kwargs(pipe, request.control, control_maps(request.control, final))
+        pipe, loaded, control, _ = steer("img2img", request, final)
     elif request.control:
         unsteered = f"{loaded.spec.label} models have no ControlNet img2img pipeline: the hires pass ran unsteered"
         note = f"{note}; {unsteered}" if note else unsteered

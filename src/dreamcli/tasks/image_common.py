@@ -201,6 +201,12 @@ def call_kwargs(request, prompt: str, seed: int, callback) -> dict:
     }
 
 
+def draw_size(loaded, size: tuple[int, int]) -> tuple[int, int]:
+    """The size `draw` runs the model at: whole blocks of the model's size multiple, nearest to `size`."""
+    step = loaded.spec.size_multiple(loaded.pipe)
+    return tuple(max(step, round(side / step) * step) for side in size)
+
+
 def draw(pipe, loaded, **kwargs) -> Image.Image:
     """One diffusers call whose latents the engine decodes (a half-precision VAE that overflows is re-run
     in fp32, so no black pictures), returned at the asked width and height (the input's size by default).
@@ -212,8 +218,7 @@ def draw(pipe, loaded, **kwargs) -> Image.Image:
 
     check_steps(pipe.scheduler.config, kwargs["num_inference_steps"])  # a line, not diffusers' traceback
     asked = (kwargs.pop("width", None) or kwargs["image"].width, kwargs.pop("height", None) or kwargs["image"].height)
-    step = loaded.spec.size_multiple(loaded.pipe)
-    width, height = (max(step, round(side / step) * step) for side in asked)
+    width, height = draw_size(loaded, asked)
     check_multiple(loaded, width, height)  # past the model's largest side: one line, not diffusers' traceback
     if (width, height) != kwargs["image"].size:
         kwargs["image"] = kwargs["image"].resize((width, height), Image.Resampling.LANCZOS)

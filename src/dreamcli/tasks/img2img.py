@@ -51,12 +51,9 @@ def iter_img2img(request: Img2ImgRequest, on_step: StepCallback | None = None) -
     start = picture.resize(size, Image.Resampling.LANCZOS) if picture.size != size else picture
     control, extra = {}, {}
     if request.control:
-        from dreamcli.tasks.control import control_kwargs, control_maps, control_pipeline, control_record
+        from dreamcli.tasks.control import steer
 
-        pipe, loaded, models = control_pipeline("img2img", request)
-        maps = control_maps(request.control, draw_size(loaded, size))
-        control = control_kwargs(pipe, request.control, maps)
-        extra["control"] = control_record(request.control, models, maps[0].size)
+        pipe, loaded, control, extra["control"] = steer("img2img", request, size)
     first = base_seed(request.seed)
     for index in range(request.num_images):
         seed = first + index
@@ -66,12 +63,6 @@ def iter_img2img(request: Img2ImgRequest, on_step: StepCallback | None = None) -
         record = make_image_record("img2img", request, loaded, pipe, seed, index, image,
                                    {"work_size": list(size), "denoising_steps": request.denoising_steps, **extra})
         yield ImageResult(image, seed, index, record)
-
-
-def draw_size(loaded, size: tuple[int, int]) -> tuple[int, int]:
-    """The size `draw` runs the model at (whole blocks of the model's size multiple), which a map must have."""
-    step = loaded.spec.size_multiple(loaded.pipe)
-    return tuple(max(step, round(side / step) * step) for side in size)
 
 
 def img2img(request: Img2ImgRequest, on_step: StepCallback | None = None) -> list[ImageResult]:

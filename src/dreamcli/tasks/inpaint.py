@@ -100,13 +100,9 @@ def iter_inpaint(request: InpaintRequest, on_step: StepCallback | None = None) -
     check_work_size(size)
     control, extra = {}, {"work_size": list(size)}
     if request.control:
-        from dreamcli.tasks.control import control_kwargs, control_maps, control_pipeline, control_record
-        from dreamcli.tasks.img2img import draw_size
+        from dreamcli.tasks.control import steer
 
-        pipe, loaded, models = control_pipeline("inpaint", request)
-        maps = control_maps(request.control, draw_size(loaded, size))
-        control = control_kwargs(pipe, request.control, maps)
-        extra["control"] = control_record(request.control, models, maps[0].size)
+        pipe, loaded, control, extra["control"] = steer("inpaint", request, size)
     first = base_seed(request.seed)
     for index in range(request.num_images):
         seed = first + index
