@@ -163,11 +163,12 @@ def run_tasks(iterate, requests: list, outdir: Path, fmt: str, preset: str | Non
     first, so a missing or damaged picture stops the run before any output is written. The model loads once
     (the engine keeps it per process); each output is written as soon as it exists.
     """
+    from dataclasses import replace
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dreamcli.io.images import to_rgb
-    from dreamcli.io.metadata import save_options
-    from dreamcli.io.outputs import ensure_outdir, save_atomic
+    from dreamcli.run import write
 
     written, shown = 0, set()
     started = time.perf_counter()
@@ -200,8 +201,7 @@ def run_tasks(iterate, requests: list, outdir: Path, fmt: str, preset: str | Non
                     if note not in shown:
                         shown.add(note)
                         console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
-                outdir_ready = ensure_outdir(outdir)
-                path = save_atomic(image, outdir_ready, result.seed, slug, fmt, **save_options(result.record, fmt))
+                path = write(replace(result, image=image), outdir, fmt, slug)
                 written += 1
                 progress.advance(images)
                 progress.reset(steps)
