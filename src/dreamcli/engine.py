@@ -53,6 +53,8 @@ DEMO_MISSING = (
 
 
 DEMO_FOLDER = (Path(__file__).parent / "demo" / "model").resolve()  # the built-in demo model, as a folder
+# The built-in models' display names, however they are referenced (package:, a path, a preset).
+BUILTIN_NAMES = {str(DEMO_FOLDER): "dreamcli-demo", str(DEMO_FOLDER.with_name("model-dit")): "dreamcli-demo-dit"}
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ class ModelSource:
     @property
     def name(self) -> str:
         """A short display name (what A1111 calls `Model`)."""
-        if self.ref.startswith(PACKAGE_PREFIX) or self.location == str(DEMO_FOLDER):
-            return "dreamcli-demo"  # however it was named: the engine's cache keeps the first load's source
+        if self.location in BUILTIN_NAMES:  # the engine's cache keeps the first load's source, whatever its ref
+            return BUILTIN_NAMES[self.location]
         return Path(self.location).stem if self.kind != "hub" else self.location
 
 
@@ -382,6 +384,9 @@ def load_base_pipeline(source: ModelSource, options: ModelOptions, torch_dtype, 
     if "safety_checker" in index:
         # Like A1111 and most local tools, no NSFW filter: it blacks out images and costs 1.2 GB.
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    # Components saved as null (demo-dit's T5, which it has not) must be passed as None: SD3's are required.
+    kwargs.update({name: None for name, value in index.items()
+                   if not name.startswith("_") and value == [None, None] and name not in kwargs})
     try:
         return diffusers.AutoPipelineForText2Image.from_pretrained(location, **kwargs)
     except (LocalEntryNotFoundError, HfHubHTTPError) as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,7 @@ class Family:
     guidance: Callable[[object], str] = lambda pipe: "cfg"  # pipeline -> "cfg" | "distilled" | "none"
     task_problem: Callable[[str, object], str | None] | None = None  # (task, pipe) -> why this model cannot
     t5_optional: bool = False  # its pipeline runs with the T5 encoder left out (--no-t5)
+    running: Callable[[object], AbstractContextManager] = lambda pipe: nullcontext()  # pipe -> what a call runs in
     upcast_vae: bool = False  # its pipelines decode in fp32 when the VAE config asks (force_upcast): SDXL's do
     # How A1111 prompt weights are honoured (tasks/prompt_weights.py): "clip" (one CLIP encoder), "clip-pair"
     # (SDXL's two) or "text" (T5 and other encoders that read text: the syntax is taken out)

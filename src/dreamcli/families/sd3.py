@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from dreamcli.families import Family
 from dreamcli.families.common import decode_vae, has_any, patch_multiple, position_grid_side, transformer_native
 
@@ -23,6 +25,31 @@ def variant(keys) -> str:
     if any(".x_block.attn.ln_k." in key or ".attn.norm_k." in key for key in keys):
         return "sd35-large"
     return ""
+
+
+def call_args(pipe, kwargs: dict) -> dict:
+    """Without T5 the pipeline puts zeros in its place, by default 256 of them; SD3 was trained with T5 at 77
+    tokens, the CLIP length, and demo-dit at its CLIP length (32): the zeros take the CLIP tokenizer's length."""
+    if pipe.text_encoder_3 is None and "max_sequence_length" not in kwargs:
+        return {"max_sequence_length": pipe.tokenizer_max_length}
+    return {}
+
+
+@contextmanager
+def running(pipe):
+    """diffusers' SD3 inpaint pipeline takes a transformer of 16 input channels, SD3's latent channels, for one
+    that denoises the VAE's latents (33 is an inpainting model's), and refuses any other count. demo-dit's VAE
+    has 4 channels, so for the call its transformer is presented as that plain case."""
+    transformer, vae = getattr(pipe, "transformer", None), getattr(pipe, "vae", None)
+    plain = transformer is not None and vae is not None and transformer.config.in_channels == vae.config.latent_channels
+    if type(pipe).__name__ != "StableDiffusion3InpaintPipeline" or not plain or vae.config.latent_channels == 16:
+        yield
+        return
+    transformer.register_to_config(in_channels=16)
+    try:
+        yield
+    finally:
+        transformer.register_to_config(in_channels=vae.config.latent_channels)
 
 
 FAMILY = Family(
@@ -53,6 +80,8 @@ FAMILY = Family(
     claims_folder=lambda index, folder: index.get("_class_name") in CLASSES,
     claims_keys=claims_keys,
     variant=variant,
+    call_args=call_args,
+    running=running,
     decode=decode_vae,
     native=transformer_native,
     size_multiple=patch_multiple,

@@ -222,7 +222,7 @@ def _generate(requests: list[GenRequest], jobs: Iterable[ImageJob], images: int,
             **loaded.spec.progress(counter, first.num_inference_steps),
             **control,
         )
-        latents = latents_of(pipe, fit_call(pipe, loaded, kwargs))
+        latents = latents_of(pipe, loaded, fit_call(pipe, loaded, kwargs))
         # The latent upscaler starts from the latents: the first pass's pictures are decoded only when needed.
         needs_pictures = any(not job.request.hires_scale or upscaler_for(job.request, loaded)[0] != "latent"
                              for job in batch)

@@ -157,7 +157,7 @@ def hires_fix(request: GenRequest, first_pipe, latents, picture: Image.Image | N
     if _takes(pipe, "guidance_rescale"):  # SD's img2img has no rescale: its second pass runs plain CFG
         kwargs["guidance_rescale"] = request.guidance_rescale
     kwargs.update(loaded.spec.progress(counter, steps), **control)
-    out = latents_of(pipe, fit_call(pipe, loaded, kwargs))
+    out = latents_of(pipe, loaded, fit_call(pipe, loaded, kwargs))
     image = decode_latents(loaded, pipe, out, final[0], final[1])[0]
     return HiresPass(image, upscaler, note)
 

@@ -159,11 +159,11 @@ def prompt_texts(kwargs: dict) -> list[str]:
     return out
 
 
-def latents_of(pipe, kwargs: dict):
+def latents_of(pipe, loaded, kwargs: dict):
     """Run a pipeline to its latents (the engine decodes them, so a half VAE that overflows is re-run in fp32)."""
     import warnings
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), loaded.spec.running(pipe):
         # Kandinsky's combined pipelines pass the deprecated `callback_steps` to their own parts.
         warnings.filterwarnings("ignore", "`callback_steps` is deprecated", FutureWarning)
         return pipe(output_type="latent", **kwargs).images
@@ -227,7 +227,7 @@ def draw(pipe, loaded, **kwargs) -> Image.Image:
                 kwargs[key] = kwargs[key].resize((width, height), Image.Resampling.NEAREST)
     counter = kwargs.pop("callback_on_step_end")
     kwargs.update(loaded.spec.progress(counter, kwargs["num_inference_steps"]))
-    latents = latents_of(pipe, fit_call(pipe, loaded, {**kwargs, "width": width, "height": height}))
+    latents = latents_of(pipe, loaded, fit_call(pipe, loaded, {**kwargs, "width": width, "height": height}))
     image = decode_latents(loaded, pipe, latents, width, height)[0]
     return image if image.size == asked else image.resize(asked, Image.Resampling.LANCZOS)
 

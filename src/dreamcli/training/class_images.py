@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from dreamcli import families
 from dreamcli.config import cache_dir
 from dreamcli.io.outputs import replacing
 
@@ -52,7 +53,7 @@ def make_class_images(
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         images = pipe(
             [prompt] * len(seeds), height=resolution, width=resolution, num_inference_steps=steps,
-            guidance_scale=guidance, generator=generators,
+            guidance_scale=guidance, generator=generators, **families.for_pipeline(pipe).call_args(pipe, {}),
         ).images
         for seed, image in zip(seeds, images, strict=True):
             with replacing(paths[seed]) as f:

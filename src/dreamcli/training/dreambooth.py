@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dreamcli import __version__
+from dreamcli import __version__, families
 from dreamcli.requests import ModelOptions, TuneConfig
 from dreamcli.training import plot, rundir
 from dreamcli.training.class_images import cache_folder, class_image_path, make_class_images
@@ -460,6 +460,7 @@ def _validate(pipe, config: TuneConfig, outdir: Path, step: int, resolution: int
         images = pipe(
             [prompt] * len(generators), height=resolution, width=resolution, num_inference_steps=config.class_steps,
             guidance_scale=config.class_guidance, generator=generators,
+            **families.for_pipeline(pipe).call_args(pipe, {}),  # as dream gen calls it (SD3's zero T5 tokens)
         ).images
     for model in trained:
         model.train()

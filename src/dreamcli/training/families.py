@@ -129,7 +129,8 @@ def _sd3_tokenize(pipe, prompt: str) -> dict:
     if pipe.text_encoder_3 is not None:
         ids["text_encoder_3"] = _t5_ids(pipe.tokenizer_3, prompt, SD3_T5_TOKENS)
     else:  # a model without T5 (--no-t5): zeros in its place, as the pipeline does
-        ids["t5_zeros"] = torch.zeros(1, SD3_T5_TOKENS, pipe.transformer.config.joint_attention_dim)
+        zeros = pipe.tokenizer_max_length  # as many as the pipeline gives it (families/sd3.call_args)
+        ids["t5_zeros"] = torch.zeros(1, zeros, pipe.transformer.config.joint_attention_dim)
     return ids
 
 
