@@ -1,5 +1,6 @@
-"""Meaning: the demo model learns a subject it has never seen (a white cross) as `sks shape`, and keeps
-its class prior with prior preservation; measured on pixels, as the DreamBooth paper measures drift."""
+"""Meaning: the demo models (the UNet one, and demo-dit through SD3's flow-matching recipe) learn a subject they
+have never seen (a white cross) as `sks shape`, and keep their class prior with prior preservation; measured on
+pixels, as the DreamBooth paper measures drift."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from dreamcli.config import load_preset
 from dreamcli.demo.world import COLORS, read
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_FOLDERS = (ROOT / "src" / "dreamcli" / "demo" / "model", ROOT / "build" / "demo-model")
+FOLDERS = {"demo": ROOT / "src/dreamcli/demo/model", "demo-dit": ROOT / "src/dreamcli/demo/model-dit"}
+# Subject rates the tests ask for, with the prior. demo-dit learns the cross less surely: 7/16 when shipped (13/16
+# without the prior, whose class pictures then turn into crosses); its run takes minutes, so it is marked slow.
+SUBJECT_BAR = {"demo": 0.75, "demo-dit": 0.3}
 # The README walkthrough's subject (drawn by docs/tune/make_example.py): a white cross, a shape the world never
 # had. A palette colour, as the demo VAE decodes only the world's colours; an orange cross was learnt as a
 # yellow one (the shape came before the colour), white stays white.
@@ -23,17 +27,13 @@ SUBJECT = ROOT / "docs" / "tune" / "cross"
 SUBJECT_COLOR = "white"
 INSTANCE_PROMPT, CLASS_PROMPT = "a sks shape", "a shape"
 EVAL_SEEDS = range(100, 116)
-# The demo preset: its sampling settings, and its [tune] table (layers = "all": a cross is a shape the model
-# never drew, which attention-only adapters did not teach it in 300-600 steps).
-DEMO = load_preset("demo")
 
 
-def demo_model() -> Path:
-    for folder in DEMO_FOLDERS:
-        if (folder / "model_index.json").is_file():
-            return folder
-    pytest.skip("the built-in demo model is not built yet (python -m dreamcli.demo.train); "
-                f"looked in {', '.join(str(f) for f in DEMO_FOLDERS)}")
+def demo_model(preset: str) -> Path:
+    folder = FOLDERS[preset]
+    if not (folder / "model_index.json").is_file():
+        pytest.skip(f"the built-in model of preset {preset} is not built (python -m dreamcli.demo.train): {folder}")
+    return folder
 
 
 def nearest_palette(image: Image.Image) -> np.ndarray:
@@ -78,18 +78,18 @@ def ordinary_shape(image: Image.Image) -> bool:
     return read(image).shape is not None and not shows_subject(image)
 
 
-def pictures(model: Path, lora: Path | None, prompt: str) -> list[Image.Image]:
-    """`prompt` at the demo preset's guidance (the one its quality bar was measured at), fixed seeds."""
+def pictures(preset: str, lora: Path | None, prompt: str) -> list[Image.Image]:
+    """`prompt` at the preset's guidance (the one its quality bar was measured at), fixed seeds, through diffusers."""
     import torch
-    from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    from dreamcli.demo.evaluate import extras, load_pipeline
+
+    settings, pipe = load_preset(preset), load_pipeline(demo_model(preset))
     if lora is not None:
         pipe.load_lora_weights(str(lora))
     generators = [torch.Generator().manual_seed(s) for s in EVAL_SEEDS]
-    return pipe([prompt] * len(generators), num_inference_steps=DEMO["steps"], guidance_scale=DEMO["guidance"],
-                generator=generators).images
+    return pipe([prompt] * len(generators), num_inference_steps=settings["steps"],
+                guidance_scale=settings["guidance"], generator=generators, **extras(pipe, 0.0)).images
 
 
 def contact_sheet(rows: list[list[Image.Image]]) -> Image.Image:
@@ -101,26 +101,29 @@ def contact_sheet(rows: list[list[Image.Image]]) -> Image.Image:
     return sheet
 
 
-def teach(tmp_path: Path, steps: int, prior: bool, **overrides) -> dict:
-    """Tune the demo model on the cross with the demo preset's [tune] settings, and measure: the subject
-    rate of `a sks shape`, and what `a shape` gives."""
+def teach(tmp_path: Path, preset: str, prior: bool, **overrides) -> dict:
+    """Tune a demo model on the cross with its preset's [tune] settings (the UNet demo's: layers = "all", as a
+    cross is a shape it never drew, which attention-only adapters did not teach it in 300-600 steps), and
+    measure: the subject rate of `a sks shape`, and what `a shape` gives."""
     from dreamcli.requests import TuneConfig
     from dreamcli.training import tune
 
-    model, settings = demo_model(), DEMO["tune"]
+    model, sampling = demo_model(preset), load_preset(preset)
+    settings, steps = sampling["tune"], sampling["tune"]["steps"]
     config = TuneConfig(
         instance_data_dir=str(SUBJECT), class_word="shape", model=str(model),
         output_dir=str(tmp_path / ("prior" if prior else "no-prior")), instance_prompt=INSTANCE_PROMPT,
         class_prompt=CLASS_PROMPT, max_train_steps=steps, learning_rate=settings["lr"], rank=settings["rank"],
         lora_layers=settings["layers"], train_text_encoder=settings["train_text_encoder"],
         train_batch_size=settings["batch_size"], with_prior_preservation=prior,
-        num_class_images=settings["class_images"], class_steps=DEMO["steps"], class_guidance=DEMO["guidance"],
+        num_class_images=settings["class_images"], class_steps=sampling["steps"],
+        class_guidance=sampling["guidance"],
         checkpointing_steps=steps,
         num_validation_images=0, device="cpu", seed=0,
     )
     result = tune(replace(config, **overrides))
-    tuned = pictures(model, result.outdir, INSTANCE_PROMPT)
-    classes = pictures(model, result.outdir, CLASS_PROMPT)
+    tuned = pictures(preset, result.outdir, INSTANCE_PROMPT)
+    classes = pictures(preset, result.outdir, CLASS_PROMPT)
     contact_sheet([tuned, classes]).save(tmp_path / f"{Path(config.output_dir).name}.png")  # to look at
     return {
         "steps": steps, "prior": prior, "steps_per_second": round(result.steps_per_second, 2),
@@ -130,14 +133,14 @@ def teach(tmp_path: Path, steps: int, prior: bool, **overrides) -> dict:
     }
 
 
-def test_demo_model_learns_a_new_subject_and_keeps_its_prior(tmp_path):
-    model = demo_model()
-    before = pictures(model, None, INSTANCE_PROMPT)
+@pytest.mark.parametrize("preset", ["demo", pytest.param("demo-dit", marks=pytest.mark.slow)])
+def test_demo_model_learns_a_new_subject_and_keeps_its_prior(tmp_path, preset):
+    before = pictures(preset, None, INSTANCE_PROMPT)
     assert np.mean([shows_subject(i) for i in before]) <= 0.125, "the untuned model must not know the subject"
-    base_classes = np.mean([ordinary_shape(i) for i in pictures(model, None, CLASS_PROMPT)])
-    measured = teach(tmp_path, steps=DEMO["tune"]["steps"], prior=True)
+    base_classes = np.mean([ordinary_shape(i) for i in pictures(preset, None, CLASS_PROMPT)])
+    measured = teach(tmp_path, preset, prior=True)
     print(json.dumps({**measured, "base_class_ordinary_rate": base_classes}, default=float))
-    assert measured["subject_rate"] >= 0.75, measured
+    assert measured["subject_rate"] >= SUBJECT_BAR[preset], measured
     # Prior preservation: the class prompt still gives the world's ordinary shapes.
     assert measured["class_ordinary_rate"] >= min(0.75, base_classes - 0.125), measured
 
@@ -146,10 +149,12 @@ def test_demo_model_learns_a_new_subject_and_keeps_its_prior(tmp_path):
 def test_benchmark_language_drift_with_and_without_prior(tmp_path):
     """Reports the class prompt's drift towards the subject with and without the prior loss (two runs).
 
-    Measured 2026-11-21: with the prior, subject 14/16 and drift 0/16; without, subject 15/16 and drift 15/16.
+    Measured 2026-11-21 on demo: with the prior, subject 14/16 and drift 0/16; without, subject 15/16 and drift
+    15/16. demo-dit's figures are in its model card: its drifted crosses come out yellow, which this white-cross
+    count misses, so it is not asserted here.
     """
-    with_prior = teach(tmp_path, steps=DEMO["tune"]["steps"], prior=True)
-    without = teach(tmp_path, steps=DEMO["tune"]["steps"], prior=False)
+    with_prior = teach(tmp_path, "demo", prior=True)
+    without = teach(tmp_path, "demo", prior=False)
     print(json.dumps({"with_prior": with_prior, "without_prior": without}, default=float))
     assert with_prior["subject_rate"] >= 0.75 and without["subject_rate"] >= 0.75
     # Language drift: without the prior loss, "a shape" turns into the subject; with it, it does not.

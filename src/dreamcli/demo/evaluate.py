@@ -1,6 +1,7 @@
 """Measure how well a model follows shape-world prompts, by reading its pictures back with the pixel reader.
 
 Run: python -m dreamcli.demo.evaluate [MODEL_DIR] [--prompts 240] [--guidance 7.5 1.0]
+     python -m dreamcli.demo.evaluate src/dreamcli/demo/model-dit --guidance 4.0
 """
 
 from __future__ import annotations
@@ -60,9 +61,30 @@ def generate_images(pipe, prompts: list[str], guidance: float, steps: int, seed:
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
         gens = [torch.Generator("cpu").manual_seed(seed + start + i) for i in range(len(chunk))]
-        out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, guidance_rescale=rescale, generator=gens)
+        out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens, **extras(pipe, rescale))
         images.extend(out.images)
     return images
+
+
+def load_pipeline(folder):
+    """A demo model's diffusers pipeline: the UNet demo has no safety checker, demo-dit no T5 (diffusers' way to
+    run SD3 without it is to pass None for it)."""
+    from diffusers import DiffusionPipeline
+
+    index = json.loads((Path(folder) / "model_index.json").read_text())
+    absent = dict(safety_checker=None, requires_safety_checker=False) if "safety_checker" in index else \
+        dict(text_encoder_3=None, tokenizer_3=None)
+    pipe = DiffusionPipeline.from_pretrained(folder, **absent)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def extras(pipe, rescale: float) -> dict:
+    """Pipeline arguments beyond the common ones: SD3's number of (zero) T5 tokens, which demo-dit was trained
+    with, as dream gen passes it; the UNet pipeline's guidance rescale."""
+    if hasattr(pipe, "text_encoder_3"):
+        return {"max_sequence_length": pipe.tokenizer_max_length}
+    return {"guidance_rescale": rescale}
 
 
 def evaluate(pipe, count: int = 240, guidance: float = 7.5, steps: int = 20, seed: int = 0) -> dict[str, float]:
@@ -97,10 +119,9 @@ def save_grid(images, prompts: list[str], path: str, columns: int = 6) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry: print the metrics as JSON, one object per guidance value."""
-    from diffusers import StableDiffusionPipeline
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", nargs="?", default=str(Path(__file__).parent / "model"))
+    parser.add_argument("model", nargs="?", default=str(Path(__file__).parent / "model"),
+                        help="a diffusers folder: the demo model (default), or src/dreamcli/demo/model-dit")
     parser.add_argument("--prompts", type=int, default=240)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, nargs="+", default=[2.0, 1.0])
@@ -108,8 +129,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="guidance rescale, 0 to 1 (what dream gen --guidance-rescale sets)")
     parser.add_argument("--grid", help="also save a grid of the first 24 pictures (first guidance) here")
     args = parser.parse_args(argv)
-    pipe = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(args.model)
     cases = eval_prompts(args.prompts)
     prompts = [p for p, _, _ in cases]
     for g in args.guidance:
@@ -118,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = score(images, cases)
         seconds = round(time.time() - start, 1)
         settings = {"guidance": g, "rescale": args.rescale, "prompts": args.prompts, "steps": args.steps}
-        print(json.dumps({**settings, **metrics, "seconds": seconds}))
+        print(json.dumps({**settings, **metrics, "seconds": seconds, "s_per_image": round(seconds / len(prompts), 3)}))
         if args.grid and g == args.guidance[0]:
             save_grid(images[:24], prompts[:24], args.grid)
 

@@ -128,25 +128,30 @@ def encode_dataset(work: Path, vae, seed: int, count: int):
     return data
 
 
+def text_config(vocab_size: int, eos_id: int, bos_id: int, width: int = TEXT_WIDTH, layers: int = 3, heads: int = 4):
+    """A CLIP text encoder's config at demo size, over the demo tokenizer (padding with the end token, as CLIP)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=MAX_LENGTH,
+        projection_dim=width,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+
+
 def build_models(vocab_size: int, eos_id: int, bos_id: int):
     """Step 4: the SD-shaped text encoder and UNet, from configs, at demo size."""
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=TEXT_WIDTH,
-            intermediate_size=4 * TEXT_WIDTH,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            max_position_embeddings=MAX_LENGTH,
-            projection_dim=TEXT_WIDTH,
-            bos_token_id=bos_id,
-            eos_token_id=eos_id,
-            pad_token_id=eos_id,
-        )
-    )
+    text_encoder = CLIPTextModel(text_config(vocab_size, eos_id, bos_id))
     unet = UNet2DConditionModel(
         sample_size=RESOLUTION // 8,
         in_channels=4,
@@ -282,33 +287,54 @@ def train_diffusion(work: Path, data, vae, tokenizer, seed: int, steps: int, bat
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry: run every stage (each cached in --work) and save the pipeline to --out."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "model"))
-    parser.add_argument("--work", default="build/demo-train")
+    parser.add_argument("--arch", choices=("unet", "dit"), default="unet",
+                        help="unet: the demo model (SD 1.x format); dit: demo-dit (SD3 format, over the demo's VAE)")
+    parser.add_argument("--out", help="default: src/dreamcli/demo/model, or model-dit")
+    parser.add_argument("--work", help="default: build/demo-train, or build/demo-dit-train")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=30000)
     parser.add_argument("--vae-steps", type=int, default=3000)
-    parser.add_argument("--steps", type=int, default=4500)
+    parser.add_argument("--steps", type=int, help="default: 4500 (unet), 2900 (dit: the unet's training FLOPs)")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--lr", type=float, help="default: 6e-4 (unet), 5e-4 (dit)")
     parser.add_argument("--eval-every", type=int, default=500)
-    parser.add_argument("--text-from", type=int, default=2250, help="step at which the text encoder starts training")
+    parser.add_argument("--text-from", type=int, default=2250,
+                        help="unet: step at which the text encoder starts training")
+    parser.add_argument("--density", choices=("logit_normal", "uniform"), default="logit_normal",
+                        help="dit: how flow-matching times are drawn (SD3's logit-normal, or uniform)")
     args = parser.parse_args(argv)
+    dit = args.arch == "dit"
+    args.out = args.out or str(Path(__file__).parent / ("model-dit" if dit else "model"))
+    args.work = args.work or ("build/demo-dit-train" if dit else "build/demo-train")
+    args.steps = args.steps or (2900 if dit else 4500)
+    args.lr = args.lr or (5e-4 if dit else 6e-4)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     log(work, stage="start", args=vars(args), torch=torch.__version__, threads=torch.get_num_threads())
     # Step 1: the tokenizer, where every world word is a single token.
     write_tokenizer(work / "tokenizer-files")
     tokenizer = load_tokenizer(work / "tokenizer-files")
-    vae = train_vae(work, args.seed, args.vae_steps)
-    data = encode_dataset(work, vae, args.seed, args.images)
-    vae.register_to_config(scaling_factor=data["scaling_factor"])
-    pipe = train_diffusion(work, data, vae, tokenizer, args.seed, args.steps, args.batch, args.lr, args.eval_every,
-                           args.text_from)
+    if dit:  # steps 2-3: the demo's own VAE, and the same pictures encoded by it
+        from diffusers import AutoencoderKL
+
+        from . import dit as dit_model
+
+        vae = AutoencoderKL.from_pretrained(dit_model.UNET_DEMO / "vae")
+        data = encode_dataset(work, vae, args.seed, args.images)
+        pipe = dit_model.train(work, data, vae, tokenizer, args.seed, args.steps, args.batch, args.lr,
+                               args.eval_every, args.density, log, evaluate)
+    else:
+        vae = train_vae(work, args.seed, args.vae_steps)
+        data = encode_dataset(work, vae, args.seed, args.images)
+        vae.register_to_config(scaling_factor=data["scaling_factor"])
+        pipe = train_diffusion(work, data, vae, tokenizer, args.seed, args.steps, args.batch, args.lr,
+                               args.eval_every, args.text_from)
     # Step 6: save the EMA weights as a standard diffusers folder with safetensors.
     pipe.save_pretrained(args.out, safe_serialization=True)
     # transformers 5 writes only tokenizer.json; the BPE files keep the folder loadable by 4.x too.
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copy(work / "tokenizer-files" / name, Path(args.out) / "tokenizer" / name)
+    for folder in ("tokenizer", "tokenizer_2") if dit else ("tokenizer",):
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(work / "tokenizer-files" / name, Path(args.out) / folder / name)
     log(work, stage="saved", out=args.out)
 
 
