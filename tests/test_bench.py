@@ -129,7 +129,8 @@ def test_sd15_unet_flops_per_step(tmp_path):
     assert unet_flops(tmp_path, (1,), (512, 512), guidance_scale=1.0)[1] * 2 == with_cfg[1]
 
 
-def _results(device: str, dtype: str, sd15_speedup: float, help_s: float, prompts: int = 10) -> dict:
+def _results(device: str, dtype: str, sd15_speedup: float, help_s: float, prompts: int = 10,
+             dit_s: float = 1.2) -> dict:
     run = {"it_per_s": 110.0, "s_per_image": 0.3, "peak_gb": 3.0, "roofline": 0.5}
     return {
         "meta": {"device": device, "dtype": dtype},
@@ -139,7 +140,7 @@ def _results(device: str, dtype: str, sd15_speedup: float, help_s: float, prompt
                               "dreamcli+compile": {"batch": {"1": run, "8": run}},
                               "dreamcli+offload": {"batch": {"1": {**run, "peak_gb": 2.7}}}},
                     "ratios": {"dreamcli": {"batch": {"1": {"it_per_s": sd15_speedup}}}}}],
-        "cli": {"help_s": help_s, "prompts": prompts, "prompts_speedup": 6.0},
+        "cli": {"help_s": help_s, "prompts": prompts, "prompts_speedup": 6.0, "dit_gen_minus_import_s": dit_s},
     }
 
 
@@ -155,6 +156,10 @@ def test_targets_are_judged_from_the_figures():
     assert sdxl["ok"] is None and sdxl["why_not_judged"] == "not measured"
     help_target = next(t for name, t in by_name.items() if name.startswith("dream --help"))
     assert help_target["ok"] is False  # 0.5 s > 0.3 s
+    dit = next(t for name, t in by_name.items() if "demo-dit" in name)
+    assert dit["ok"] is True and dit["measured"] == 1.2
+    assert next(t for t in evaluate_targets(_results("cpu", "fp32", 1.0, 0.2, dit_s=1.6)) if "demo-dit" in t["target"])[
+        "ok"] is False  # want <= 1.5 s
 
     slow = {t["target"]: t for t in evaluate_targets(_results("cuda", "fp16", 1.2, 0.2, prompts=3))}
     assert slow[speedup["target"]]["ok"] is False
@@ -176,12 +181,15 @@ def test_cli_figures_run_the_loop_and_the_prompt_file(tmp_path):
     assert [c for c in calls if c == ["--help"]] == [["--help"]] * 2
     gens = [c for c in calls if c[:1] == ["gen"]]
     assert all(c[c.index("--device") + 1] == "cpu" and c[c.index("--steps") + 1] == "2" for c in gens)
-    loop = [c[-1] for c in gens[2:5]]
+    presets = [c[c.index("--preset") + 1] for c in gens]
+    assert presets == ["demo"] * 2 + ["demo-dit"] * 2 + ["demo"] * 4  # demo-dit's start-up is timed too
+    loop = [c[-1] for c in gens[4:7]]
     assert len(set(loop)) == 3 and all(p.endswith("background") for p in loop)  # three different prompts
-    assert gens[5][-2] == "--prompts" and len(gens) == 6  # 2 single runs, 3 in the loop, 1 with the file
+    assert gens[7][-2] == "--prompts" and len(gens) == 8  # 2+2 single runs, 3 in the loop, 1 with the file
     assert figures["prompts"] == 3 and figures["runs"] == 2
     assert figures["prompts_speedup"] == pytest.approx(figures["loop_s"] / figures["prompts_file_s"])
     assert figures["demo_gen_minus_import_s"] == pytest.approx(figures["demo_gen_s"] - figures["import_diffusers_s"])
+    assert figures["dit_gen_minus_import_s"] == pytest.approx(figures["dit_gen_s"] - figures["import_sd3_s"])
 
 
 def test_cli_figures_name_a_failing_command(tmp_path):

@@ -53,30 +53,38 @@ def median_wall(argv: list[str], env: dict, runs: int) -> tuple[float, list[floa
 def measure_cli(
     settings, note: Callable[[str], None], dream: list[str] | None = None, reference: list[str] | None = None
 ) -> dict:
-    """The command-line figures, each command in a fresh process on the CPU with the demo model.
+    """The command-line figures, each command in a fresh process on the CPU with the demo models.
 
     The shell loop and the prompt file run the same prompts with the same settings; their ratio is
-    how much loading once saves. `reference` (default: Python importing diffusers' pipeline) is the
-    floor a `dream gen` start-up is compared with. Tests pass stand-ins for both commands.
+    how much loading once saves. `reference` (default: Python importing the diffusers pipeline each demo model
+    needs, StableDiffusionPipeline or StableDiffusion3Pipeline) is the floor a `dream gen` start-up is compared
+    with. Tests pass stand-ins for both commands.
     """
     dream = dream or dream_command()
-    reference = reference or [sys.executable, "-c", "from diffusers import StableDiffusionPipeline"]
+
+    def importing(pipeline: str) -> list[str]:
+        return reference or [sys.executable, "-c", f"from diffusers import {pipeline}"]
     scratch = Path(tempfile.mkdtemp(prefix="dream-bench-cli-"))
     # Offline, and a fresh home: the user's config must not swap the demo model for another one.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DREAMCLI_HOME": str(scratch / "home")}
     steps = [] if settings.cli_steps is None else ["--steps", str(settings.cli_steps)]
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(settings.loop_prompts)]
 
-    def gen_args(outdir: str) -> list[str]:
-        return ["gen", "--preset", "demo", "--device", "cpu", "-s", "1", *steps, "-o", outdir, "-q"]
+    def gen_args(outdir: str, preset: str = "demo") -> list[str]:
+        return ["gen", "--preset", preset, "--device", "cpu", "-s", "1", *steps, "-o", outdir, "-q"]
 
     try:
         note(f"cli: dream --help x{settings.runs}")
         help_s, help_runs = median_wall(dream + ["--help"], env, settings.runs)
         note(f"cli: python -c 'from diffusers import StableDiffusionPipeline' x{settings.runs}")
-        import_s, _ = median_wall(reference, env, settings.runs)
+        import_s, _ = median_wall(importing("StableDiffusionPipeline"), env, settings.runs)
         note(f"cli: demo dream gen x{settings.runs}")
         gen_s, gen_runs = median_wall(dream + gen_args(str(scratch / "one")) + [prompts[0]], env, settings.runs)
+        note(f"cli: python -c 'from diffusers import StableDiffusion3Pipeline' x{settings.runs}")
+        import_sd3_s, _ = median_wall(importing("StableDiffusion3Pipeline"), env, settings.runs)
+        note(f"cli: demo-dit dream gen x{settings.runs}")
+        dit_args = dream + gen_args(str(scratch / "dit"), "demo-dit") + [prompts[0]]
+        dit_s, dit_runs = median_wall(dit_args, env, settings.runs)
         note(f"cli: shell loop of {len(prompts)} dream gen")
         command = shlex.join(dream + gen_args(str(scratch / "loop")))
         loop = f'set -e; for p in {" ".join(shlex.quote(p) for p in prompts)}; do {command} "$p"; done'
@@ -92,5 +100,7 @@ def measure_cli(
         "help_s": help_s, "help_runs_s": help_runs,
         "import_diffusers_s": import_s,
         "demo_gen_s": gen_s, "demo_gen_runs_s": gen_runs, "demo_gen_minus_import_s": gen_s - import_s,
+        "import_sd3_s": import_sd3_s, "dit_gen_s": dit_s, "dit_gen_runs_s": dit_runs,
+        "dit_gen_minus_import_s": dit_s - import_sd3_s,
         "prompts": len(prompts), "loop_s": loop_s, "prompts_file_s": prompts_s, "prompts_speedup": loop_s / prompts_s,
     }

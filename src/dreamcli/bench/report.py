@@ -18,6 +18,7 @@ GPU_TARGETS = {
 }
 CLI_TARGETS = {
     "help": ("dream --help wall time", "s", "<=", 0.3),
+    "dit": ("dream gen --preset demo-dit minus importing StableDiffusion3Pipeline", "s", "<=", 1.5),
     "prompts": ("--prompts of 10 demo prompts vs a shell loop of 10 dream gen", "x", ">=", 5.0),
 }
 
@@ -67,6 +68,7 @@ def evaluate_targets(results: dict) -> list[dict]:
         out += [_target(spec, None, "command-line figures not measured (--no-cli)") for spec in CLI_TARGETS.values()]
     else:
         out.append(_target(CLI_TARGETS["help"], cli["help_s"]))
+        out.append(_target(CLI_TARGETS["dit"], cli.get("dit_gen_minus_import_s")))
         ten = None if cli["prompts"] == 10 else f"needs 10 prompts (ran {cli['prompts']})"
         out.append(_target(CLI_TARGETS["prompts"], cli["prompts_speedup"], ten))
     return out
@@ -131,6 +133,7 @@ def table(results: dict) -> str:
         lines.append(
             f"CLI on cpu (median of {cli['runs']}): dream --help {num(cli['help_s'])} s; demo dream gen "
             f"{num(cli['demo_gen_s'])} s (diffusers import alone {num(cli['import_diffusers_s'])} s); "
+            f"demo-dit dream gen {num(cli.get('dit_gen_s'))} s (import alone {num(cli.get('import_sd3_s'))} s); "
             f"{cli['prompts']} prompts: shell loop {num(cli['loop_s'])} s, --prompts {num(cli['prompts_file_s'])} s "
             f"= {num(cli['prompts_speedup'])}x"
         )
