@@ -96,3 +96,21 @@ def test_inpaint_repaints_the_masked_square_in_the_prompts_colour(tmp_path):
         far[20:108, 20:108] = False  # beyond the mask's feathered edge (--mask-blur) the picture is kept
         assert np.array_equal(out[far], np.asarray(blue)[far]), f"seed {seed}: the unmasked picture changed"
     assert min(shares) > 0.6, f"red shares of the masked square: {shares}"
+
+
+def test_img2img_recolours_a_picture_and_keeps_its_layout():
+    import random
+
+    from dreamcli.demo.world import Scene, draw
+    from dreamcli.requests import Img2ImgRequest, ModelOptions
+    from dreamcli.tasks import img2img
+
+    start = draw(Scene("circle", "red", "blue", "left", "large"), 128, random.Random(0))
+    prompt = "a large green circle on the left on a yellow background"
+    readings = []
+    for seed in (0, 1, 2):
+        request = Img2ImgRequest(start, ModelOptions(str(MODEL)), prompt, strength=0.8,
+                                 num_inference_steps=PRESET["steps"], guidance_scale=PRESET["guidance"], seed=seed)
+        r = read(img2img(request)[0].image)
+        readings.append((r.color, r.background, r.position))
+    assert readings == [("green", "yellow", "left")] * 3, readings
