@@ -98,6 +98,7 @@ def train(work: Path, data, vae, tokenizer, seed: int, steps: int, batch: int, l
     1000 s, with s drawn from `density` ("logit_normal" as SD3, or "uniform"); EMA weights are kept."""
     from diffusers.training_utils import compute_density_for_timestep_sampling
 
+    from .train import ema_update, save_checkpoint
     from .world import Scene
 
     torch.manual_seed(seed)
@@ -148,22 +149,14 @@ def train(work: Path, data, vae, tokenizer, seed: int, steps: int, batch: int, l
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
         opt.step()
-        decay = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pl in zip(ema.parameters(), transformer.parameters(), strict=True):
-                pe.lerp_(pl, 1 - decay)
+        ema_update(((ema, transformer),), step)
         if step % 50 == 0:
             rate = (step - run_from) / (time.time() - start)
             log(work, stage="diffusion", step=step, loss=round(loss.item(), 4), steps_per_s=round(rate, 3))
         if step % 250 == 0 or step == steps:
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save(
-                {"transformer": transformer.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                 "text_encoder": text_encoder.state_dict(), "text_encoder_2": text_encoder_2.state_dict(),
-                 "torch_rng": torch.get_rng_state(), "step": step},
-                tmp,
-            )
-            tmp.replace(ckpt_path)
+            save_checkpoint(ckpt_path, {
+                "transformer": transformer.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                "text_encoder": text_encoder.state_dict(), "text_encoder_2": text_encoder_2.state_dict(), "step": step})
         if step % eval_every == 0 or step == steps:
             t0 = time.time()
             metrics = evaluate(pipe, count=48, guidance=4.0, steps=20)

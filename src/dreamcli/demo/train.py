@@ -56,6 +56,22 @@ def log(work: Path, **fields) -> None:
         f.write(line + "\n")
 
 
+def ema_update(pairs, step: int) -> None:
+    """Move each (EMA model, live model) pair's EMA weights toward the live ones (decay warming up to 0.999)."""
+    decay = min(0.999, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for ema, live in pairs:
+            for pe, pl in zip(ema.parameters(), live.parameters(), strict=True):
+                pe.lerp_(pl, 1 - decay)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write a training checkpoint through a temporary file, so a kill mid-write leaves the previous one whole."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({**state, "torch_rng": torch.get_rng_state()}, tmp)
+    tmp.replace(path)
+
+
 def to_tensor(images) -> torch.Tensor:
     """PIL images to a [-1, 1] NCHW float tensor."""
     arr = np.stack([np.asarray(im, dtype=np.float32) for im in images])
@@ -259,23 +275,14 @@ def train_diffusion(work: Path, data, vae, tokenizer, seed: int, steps: int, bat
         loss.backward()
         torch.nn.utils.clip_grad_norm_([q for group in opt.param_groups for q in group["params"]], 1.0)
         opt.step()
-        decay = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema, live in ((ema_unet, unet), (ema_text, text_encoder)):
-                for pe, pl in zip(ema.parameters(), live.parameters(), strict=True):
-                    pe.lerp_(pl, 1 - decay)
+        ema_update(((ema_unet, unet), (ema_text, text_encoder)), step)
         if step % 50 == 0:
             rate = (step - run_from) / (time.time() - start)
             log(work, stage="diffusion", step=step, loss=round(loss.item(), 4), steps_per_s=round(rate, 3))
         if step % 250 == 0 or step == steps:
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save(
-                {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                 "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(), "opt": opt.state_dict(),
-                 "torch_rng": torch.get_rng_state(), "step": step},
-                tmp,
-            )
-            tmp.replace(ckpt_path)
+            save_checkpoint(ckpt_path, {
+                "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
+                "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step})
         if step % eval_every == 0 or step == steps:
             t0 = time.time()
             metrics = evaluate(pipe, count=48, guidance=7.5, steps=20)
