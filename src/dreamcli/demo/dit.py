@@ -103,13 +103,15 @@ def train(work: Path, data, vae, tokenizer, seed: int, steps: int, batch: int, l
 
     torch.manual_seed(seed)
     text_encoder, text_encoder_2 = text_encoders(len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id)
-    transformer = build_transformer()
+    # On a GPU when there is one; noise and timesteps are drawn on the CPU generator either way.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    transformer = build_transformer().to(device)
     ema = copy.deepcopy(transformer).eval()
     opt = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01)
     ckpt_path = work / "checkpoint.pt"
     step = 0
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu")
         transformer.load_state_dict(ckpt["transformer"])
         ema.load_state_dict(ckpt["ema"])
         text_encoder.load_state_dict(ckpt["text_encoder"])  # its projection is random: keep the run's own
@@ -121,7 +123,7 @@ def train(work: Path, data, vae, tokenizer, seed: int, steps: int, batch: int, l
     rng = random.Random(seed + 2 + step)
     scenes = [Scene(**s) for s in data["scenes"]]
     latents = data["latents"] * vae.config.scaling_factor  # shift 0
-    pipe = make_pipeline(sd3_vae(vae), ema, text_encoder, text_encoder_2, tokenizer)
+    pipe = make_pipeline(sd3_vae(vae), ema, text_encoder, text_encoder_2, tokenizer).to(device)
     start, run_from = time.time(), step
     while step < steps:
         step += 1
@@ -138,6 +140,7 @@ def train(work: Path, data, vae, tokenizer, seed: int, steps: int, batch: int, l
             s = torch.rand(batch)
         else:
             s = compute_density_for_timestep_sampling(density, batch, logit_mean=0.0, logit_std=1.0, mode_scale=1.29)
+        x0, noise, s = x0.to(device), noise.to(device), s.to(device)
         sigma = s.view(-1, 1, 1, 1)
         xt = (1 - sigma) * x0 + sigma * noise
         pred = transformer(hidden_states=xt, encoder_hidden_states=states, pooled_projections=pooled,
