@@ -93,12 +93,12 @@ def sd3_vae(vae):
 
 
 def train(work: Path, data, vae, tokenizer, seed: int, steps: int, batch: int, lr: float, eval_every: int,
-          density: str, log, evaluate):
+          density: str):
     """Flow matching as SD3: x_t = (1 - s) x0 + s noise, the transformer predicts noise - x0 at timestep
     1000 s, with s drawn from `density` ("logit_normal" as SD3, or "uniform"); EMA weights are kept."""
     from diffusers.training_utils import compute_density_for_timestep_sampling
 
-    from .train import ema_update, save_checkpoint
+    from .train import after_step, ema_update, log
     from .world import Scene
 
     torch.manual_seed(seed)
@@ -153,16 +153,8 @@ def train(work: Path, data, vae, tokenizer, seed: int, steps: int, batch: int, l
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
         opt.step()
         ema_update(((ema, transformer),), step)
-        if step % 50 == 0:
-            rate = (step - run_from) / (time.time() - start)
-            log(work, stage="diffusion", step=step, loss=round(loss.item(), 4), steps_per_s=round(rate, 3))
-        if step % 250 == 0 or step == steps:
-            save_checkpoint(ckpt_path, {
-                "transformer": transformer.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                "text_encoder": text_encoder.state_dict(), "text_encoder_2": text_encoder_2.state_dict(), "step": step})
-        if step % eval_every == 0 or step == steps:
-            t0 = time.time()
-            metrics = evaluate(pipe, count=48, guidance=4.0, steps=20)
-            log(work, stage="eval", step=step, **{k: round(v, 3) for k, v in metrics.items()},
-                seconds=round(time.time() - t0))
+        after_step(work, step, steps, loss, (step - run_from) / (time.time() - start), lambda: {
+            "transformer": transformer.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+            "text_encoder": text_encoder.state_dict(), "text_encoder_2": text_encoder_2.state_dict()},
+            pipe, eval_every, guidance=4.0)
     return pipe

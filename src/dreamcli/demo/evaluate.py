@@ -80,11 +80,18 @@ def load_pipeline(folder):
 
 
 def extras(pipe, rescale: float) -> dict:
-    """Pipeline arguments beyond the common ones: SD3's number of (zero) T5 tokens, which demo-dit was trained
-    with, as dream gen passes it; the UNet pipeline's guidance rescale."""
-    if hasattr(pipe, "text_encoder_3"):
-        return {"max_sequence_length": pipe.tokenizer_max_length}
-    return {"guidance_rescale": rescale}
+    """Pipeline arguments beyond the common ones, as dream gen passes them: what the model's family adds (demo-dit's
+    32 zero T5 tokens, which it was trained with), and the guidance rescale where the pipeline has one."""
+    import inspect
+
+    from dreamcli import families
+
+    out = families.for_pipeline(pipe).call_args(pipe, {})
+    if "guidance_rescale" in inspect.signature(pipe.__call__).parameters:
+        out["guidance_rescale"] = rescale
+    elif rescale:
+        raise SystemExit(f"--rescale: {type(pipe).__name__} has no guidance rescale; leave it out")
+    return out
 
 
 def evaluate(pipe, count: int = 240, guidance: float = 7.5, steps: int = 20, seed: int = 0) -> dict[str, float]:

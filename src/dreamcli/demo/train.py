@@ -72,6 +72,21 @@ def save_checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
+def after_step(work: Path, step: int, steps: int, loss: torch.Tensor, rate: float, state, pipe, eval_every: int,
+               guidance: float) -> None:
+    """A diffusion loop's bookkeeping: a log line every 50 steps, a checkpoint (`state()`) every 250, and 48
+    prompts scored every `eval_every`; the last step gets both."""
+    if step % 50 == 0:
+        log(work, stage="diffusion", step=step, loss=round(loss.item(), 4), steps_per_s=round(rate, 3))
+    if step % 250 == 0 or step == steps:
+        save_checkpoint(work / "checkpoint.pt", {**state(), "step": step})
+    if step % eval_every == 0 or step == steps:
+        started = time.time()
+        metrics = evaluate(pipe, count=48, guidance=guidance, steps=20)
+        log(work, stage="eval", step=step, **{k: round(v, 3) for k, v in metrics.items()},
+            seconds=round(time.time() - started))
+
+
 def to_tensor(images) -> torch.Tensor:
     """PIL images to a [-1, 1] NCHW float tensor."""
     arr = np.stack([np.asarray(im, dtype=np.float32) for im in images])
@@ -276,18 +291,9 @@ def train_diffusion(work: Path, data, vae, tokenizer, seed: int, steps: int, bat
         torch.nn.utils.clip_grad_norm_([q for group in opt.param_groups for q in group["params"]], 1.0)
         opt.step()
         ema_update(((ema_unet, unet), (ema_text, text_encoder)), step)
-        if step % 50 == 0:
-            rate = (step - run_from) / (time.time() - start)
-            log(work, stage="diffusion", step=step, loss=round(loss.item(), 4), steps_per_s=round(rate, 3))
-        if step % 250 == 0 or step == steps:
-            save_checkpoint(ckpt_path, {
-                "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
-                "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step})
-        if step % eval_every == 0 or step == steps:
-            t0 = time.time()
-            metrics = evaluate(pipe, count=48, guidance=7.5, steps=20)
-            rounded = {k: round(v, 3) for k, v in metrics.items()}
-            log(work, stage="eval", step=step, **rounded, seconds=round(time.time() - t0))
+        after_step(work, step, steps, loss, (step - run_from) / (time.time() - start), lambda: {
+            "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
+            "ema_text": ema_text.state_dict(), "opt": opt.state_dict()}, pipe, eval_every, guidance=7.5)
     return pipe
 
 
@@ -329,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         vae = AutoencoderKL.from_pretrained(dit_model.UNET_DEMO / "vae")
         data = encode_dataset(work, vae, args.seed, args.images)
         pipe = dit_model.train(work, data, vae, tokenizer, args.seed, args.steps, args.batch, args.lr,
-                               args.eval_every, args.density, log, evaluate)
+                               args.eval_every, args.density)
     else:
         vae = train_vae(work, args.seed, args.vae_steps)
         data = encode_dataset(work, vae, args.seed, args.images)

@@ -40,16 +40,16 @@ def running(pipe):
     """diffusers' SD3 inpaint pipeline takes a transformer of 16 input channels, SD3's latent channels, for one
     that denoises the VAE's latents (33 is an inpainting model's), and refuses any other count. demo-dit's VAE
     has 4 channels, so for the call its transformer is presented as that plain case."""
-    transformer, vae = getattr(pipe, "transformer", None), getattr(pipe, "vae", None)
-    plain = transformer is not None and vae is not None and transformer.config.in_channels == vae.config.latent_channels
-    if type(pipe).__name__ != "StableDiffusion3InpaintPipeline" or not plain or vae.config.latent_channels == 16:
+    inpaint = type(pipe).__name__ == "StableDiffusion3InpaintPipeline"
+    channels = pipe.vae.config.latent_channels if inpaint else 16
+    if channels == 16 or pipe.transformer.config.in_channels != channels:
         yield
         return
-    transformer.register_to_config(in_channels=16)
+    pipe.transformer.register_to_config(in_channels=16)
     try:
         yield
     finally:
-        transformer.register_to_config(in_channels=vae.config.latent_channels)
+        pipe.transformer.register_to_config(in_channels=channels)
 
 
 FAMILY = Family(

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from dreamcli import families
 from dreamcli.config import cache_dir
 from dreamcli.io.outputs import replacing
 
@@ -30,13 +29,14 @@ def class_image_path(folder: Path, index: int) -> Path:
 
 def make_class_images(
     pipe, folder: Path, count: int, prompt: str, resolution: int, steps: int, guidance: float,
-    meta: dict, on_progress=None,
+    meta: dict, on_progress=None, call_args: dict | None = None,
 ) -> list[Path]:
     """Return `count` cached class images, generating only the missing ones.
 
     Image i always uses seed i, so a cache topped up later holds the same pictures it would have
     held had it been made in one go. Each file is renamed into place when complete, so an
-    interrupted run leaves no half-written image behind.
+    interrupted run leaves no half-written image behind. `call_args` are what the model's family adds to a pipeline
+    call (families' call_args), so the pictures are drawn as dream gen draws them.
     """
     folder.mkdir(parents=True, exist_ok=True)
     paths = [class_image_path(folder, i) for i in range(count)]
@@ -53,7 +53,7 @@ def make_class_images(
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         images = pipe(
             [prompt] * len(seeds), height=resolution, width=resolution, num_inference_steps=steps,
-            guidance_scale=guidance, generator=generators, **families.for_pipeline(pipe).call_args(pipe, {}),
+            guidance_scale=guidance, generator=generators, **(call_args or {}),
         ).images
         for seed, image in zip(seeds, images, strict=True):
             with replacing(paths[seed]) as f:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dreamcli import __version__, families
+from dreamcli import __version__
 from dreamcli.requests import ModelOptions, TuneConfig
 from dreamcli.training import plot, rundir
 from dreamcli.training.class_images import cache_folder, class_image_path, make_class_images
@@ -164,6 +164,7 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         pipe.to(accelerator.device)
         # The family says what differs (families.py): prompts, latents, noise, the denoiser call, LoRA targets.
         family, recipe = recipe_for(inputs.source, pipe)
+        sampling = family.call_args(pipe, {})  # class and validation pictures drawn as dream gen draws them
         denoiser, vae, encoders = getattr(pipe, family.denoiser), pipe.vae, text_encoders(pipe, recipe)
         noise_scheduler = recipe.training_scheduler(pipe)
         resolution = inputs.resolution
@@ -198,7 +199,7 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                 if main:
                     make_class_images(
                         pipe, folder, missing, config.class_text, resolution, config.class_steps,
-                        config.class_guidance, {"model": model_id}, progress_cb,
+                        config.class_guidance, {"model": model_id}, progress_cb, sampling,
                     )
                 accelerator.wait_for_everyone()
                 class_paths += [class_image_path(folder, i) for i in range(missing)]
@@ -396,7 +397,7 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                     if main and config.num_validation_images and config.validation_steps \
                             and step % config.validation_steps == 0:
                         validation_images += _validate(
-                            pipe, config, outdir, step, resolution, accelerator, trained_wrapped
+                            pipe, config, outdir, step, resolution, accelerator, trained_wrapped, sampling
                         )
                     if step >= config.max_train_steps:
                         break
@@ -425,7 +426,8 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
             # The end gets a validation round unless the loop just made one at this step.
             validated = bool(config.validation_steps) and step % config.validation_steps == 0 and step > first_step
             if config.num_validation_images and not validated:
-                validation_images += _validate(pipe, config, outdir, step, resolution, accelerator, trained_wrapped)
+                validation_images += _validate(pipe, config, outdir, step, resolution, accelerator, trained_wrapped,
+                                               sampling)
             result.validation_images = validation_images
             _finish_record(
                 outdir, status="finished", step=step, steps_per_second=round(rate, 4),
@@ -447,8 +449,10 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         _reset_accelerate()
 
 
-def _validate(pipe, config: TuneConfig, outdir: Path, step: int, resolution: int, accelerator, trained) -> list[Path]:
-    """Images of the validation prompt with the adapters as they are now (fixed seeds, so steps compare)."""
+def _validate(pipe, config: TuneConfig, outdir: Path, step: int, resolution: int, accelerator, trained,
+              sampling: dict) -> list[Path]:
+    """Images of the validation prompt with the adapters as they are now (fixed seeds, so steps compare);
+    `sampling` is what the family adds to a pipeline call."""
     prompt = config.validation_prompt or config.instance_text
     folder = outdir / rundir.VALIDATION
     folder.mkdir(parents=True, exist_ok=True)
@@ -459,8 +463,7 @@ def _validate(pipe, config: TuneConfig, outdir: Path, step: int, resolution: int
     with torch.no_grad(), accelerator.autocast():
         images = pipe(
             [prompt] * len(generators), height=resolution, width=resolution, num_inference_steps=config.class_steps,
-            guidance_scale=config.class_guidance, generator=generators,
-            **families.for_pipeline(pipe).call_args(pipe, {}),  # as dream gen calls it (SD3's zero T5 tokens)
+            guidance_scale=config.class_guidance, generator=generators, **sampling,
         ).images
     for model in trained:
         model.train()
