@@ -115,6 +115,18 @@ def test_class_images_made_or_cached_do_not_change_the_run(tiny, subject, tmp_pa
     assert_same_run(again.outdir, tmp_path / "run")
 
 
+def wait_for(process: subprocess.Popen, ready, what: str, seconds: float = 240, poll: float = 0.01) -> None:
+    """Wait until `ready()` while the process runs; fail naming `what` if it ends first or time runs out."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before {what}: {process.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no {what} within the time allowed ({seconds:.0f} s)")
+        time.sleep(poll)
+
+
 def dream_tune(tiny, subject: Path, outdir: Path, steps: int, *extra: str) -> list[str]:
     """`python -m dreamcli tune` with the walkthrough's flags, as a user types it."""
     return [
@@ -131,14 +143,7 @@ def start_and_stop_after_first_checkpoint(command: list[str], outdir: Path, sig:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     first = outdir / "checkpoints" / "step-000004"
-    deadline = time.monotonic() + 240
-    while not first.is_dir():
-        if process.poll() is not None:
-            pytest.fail(f"the run ended before its first checkpoint: {process.stderr.read()[-2000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("no checkpoint within 240 s")
-        time.sleep(0.01)
+    wait_for(process, first.is_dir, "its first checkpoint")
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=120)
     return process.pid, process.returncode, stderr
