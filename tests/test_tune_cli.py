@@ -49,6 +49,9 @@ def one_error_line(result) -> str:
         (("--resume",), "--resume: no checkpoint"),
         (("--8bit-adam",), "bitsandbytes"),
         (("--layers", "conv"), "unknown layers 'conv': use attention or all"),
+        (("--quantize", "fp8"), "--quantize fp8 needs --mixed-precision bf16 or fp16"),
+        (("--quantize", "nf4", "--mixed-precision", "bf16"), "--quantize nf4 is not supported by dream tune yet"),
+        (("--quantize", "fp4", "--mixed-precision", "bf16"), "unknown quantize 'fp4': use none or fp8"),
     ],
 )
 def test_bad_values_exit_2_and_write_nothing(tune_cli, args, words):

@@ -87,6 +87,45 @@ def quantize(pipe, family, mode: str | None, compute_dtype) -> None:
     _adapters_in(denoiser, compute_dtype)
 
 
+def fp8_backward(model):
+    """A context for training's forward pass: the backward pass re-reads fp8-stored weights from their storage.
+
+    Layerwise casting casts each fp8 weight up for its layer's forward, and autograd keeps that cast copy
+    for the backward pass (to carry gradients through the layer to the adapters before it): without
+    gradient checkpointing every layer's copy would stay alive until backward, more memory than the
+    unquantized model. Saved-tensor hooks keep a reference to the fp8 weight instead and cast it up
+    again when backward needs it; the values are the same. Models without fp8 storage get a no-op context.
+    """
+    import contextlib
+
+    import torch
+
+    stored = {id(param): param for module in model.modules() if _casts_layerwise(module)
+              for param in module.parameters(recurse=False)}
+    if not stored:
+        return contextlib.nullcontext()
+
+    def pack(tensor):
+        base = tensor if tensor._base is None else tensor._base
+        param = stored.get(id(base))
+        if param is None or param is not base:
+            return tensor
+        return param, tensor.dtype, tensor.size(), tensor.stride(), tensor.storage_offset()
+
+    def unpack(saved):
+        if isinstance(saved, torch.Tensor):
+            return saved
+        param, dtype, size, stride, offset = saved
+        return torch.as_strided(param.to(dtype), size, stride, offset)
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
+def _casts_layerwise(module) -> bool:
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry is not None and registry.get_hook("layerwise_casting") is not None
+
+
 def _adapters_in(model, compute_dtype) -> None:
     """Make LoRAs loaded later on an fp8-stored model hold their weights in the compute dtype.
 
@@ -95,8 +134,7 @@ def _adapters_in(model, compute_dtype) -> None:
     so for bitsandbytes layers), so each fp8-stored layer gets one.
     """
     for module in model.modules():
-        registry = getattr(module, "_diffusers_hook", None)
-        if registry is not None and registry.get_hook("layerwise_casting") is not None:
+        if _casts_layerwise(module):
             module.compute_dtype = compute_dtype
 
 

@@ -569,6 +569,7 @@ def gen_request_from(settings: dict, model: ModelOptions | None = None) -> GenRe
 
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+TUNE_QUANTIZES = ("none", "fp8")
 EXPORT_FORMATS = ("kohya",)
 LORA_LAYERS = ("attention", "all")
 TIMESTEP_DENSITIES = ("logit_normal", "mode", "cosmap", "uniform")  # flow-matching families (SD3, Flux)
@@ -609,6 +610,8 @@ class TuneConfig:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False
+    quantize: str = "none"  # "fp8": the denoiser's frozen weights stored in fp8 (QLoRA style); adapters stay fp32
+    offload: bool = False  # VAE and frozen text encoders in CPU memory except while they run
     checkpointing_steps: int = 100
     resume: bool = False
     overwrite: bool = False
@@ -675,6 +678,18 @@ class TuneConfig:
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise InputError(
                 f"unknown mixed precision {self.mixed_precision!r}: use one of {', '.join(MIXED_PRECISIONS)}"
+            )
+        if self.quantize in ("nf4", "int8"):
+            raise InputError(
+                f"--quantize {self.quantize} is not supported by dream tune yet: use --quantize fp8 (base weights in "
+                "fp8, adapters in fp32)"
+            )
+        if self.quantize not in TUNE_QUANTIZES:
+            raise InputError(f"unknown quantize {shown(self.quantize)}: use {' or '.join(TUNE_QUANTIZES)}")
+        if self.quantize == "fp8" and self.mixed_precision == "no":
+            raise InputError(
+                "--quantize fp8 needs --mixed-precision bf16 or fp16: the fp8 weights are cast up to it as each "
+                "layer runs"
             )
         if self.timestep_density not in TIMESTEP_DENSITIES:
             raise InputError(

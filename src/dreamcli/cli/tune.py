@@ -30,7 +30,8 @@ FLAG_TO_FIELD = {
     "prior": "with_prior_preservation", "prior_weight": "prior_loss_weight", "class_images": "num_class_images",
     "class_dir": "class_data_dir", "train_text_encoder": "train_text_encoder",
     "mixed_precision": "mixed_precision", "gradient_checkpointing": "gradient_checkpointing",
-    "use_8bit_adam": "use_8bit_adam", "checkpoint_every": "checkpointing_steps", "resume": "resume",
+    "use_8bit_adam": "use_8bit_adam", "quantize": "quantize", "offload": "offload",
+    "checkpoint_every": "checkpointing_steps", "resume": "resume",
     "overwrite": "overwrite", "validation_prompt": "validation_prompt", "validation_every": "validation_steps",
     "validation_images": "num_validation_images", "seed": "seed", "export": "export",
     "timestep_density": "timestep_density",
@@ -137,7 +138,8 @@ def run_tune(config: TuneConfig, as_json: bool, quiet: bool) -> int:
     if not result.is_main_process:
         return 0
     hint(
-        f"{result.steps} steps at {result.steps_per_second:.2f} steps/s, peak memory {result.peak_rss_mb:.0f} MiB; "
+        f"{result.steps} steps at {result.steps_per_second:.2f} steps/s, peak {result.peak_memory[0]} "
+        f"{_size(result.peak_memory[1])}; "
         f"use it: dream gen --lora {result.outdir} \"{config.validation_prompt or config.instance_text}\"",
         quiet,
     )
@@ -151,7 +153,8 @@ def run_tune(config: TuneConfig, as_json: bool, quiet: bool) -> int:
             "exports": [str(p) for p in result.exports],
             "validation_images": [str(p) for p in result.validation_images],
             "final_loss": result.final_loss, "steps_per_second": result.steps_per_second,
-            "peak_rss_mb": result.peak_rss_mb,
+            "peak_rss_mb": result.peak_rss_mb, "peak_memory": result.peak_memory[0],
+            "peak_memory_mb": round(result.peak_memory[1], 1),
         }))
     else:
         for path in [result.weights, *result.exports]:
@@ -212,6 +215,13 @@ def tune(
         rich_help_panel=TRAINING)] = None,
     use_8bit_adam: Annotated[bool | None, typer.Option(
         "--8bit-adam", help="8-bit AdamW (needs bitsandbytes).", rich_help_panel=TRAINING)] = None,
+    quantize: Annotated[str | None, typer.Option(
+        "--quantize", help="fp8: keep the frozen denoiser weights in fp8, cast up layer by layer (half the memory of "
+        "bf16; needs --mixed-precision bf16 or fp16); none (default).", metavar="MODE",
+        rich_help_panel="Hardware")] = None,
+    offload: Annotated[bool | None, typer.Option(
+        "--offload", help="Keep the VAE and frozen text encoders in CPU memory except while they run, and draw "
+        "class and validation pictures one model at a time on the GPU.", rich_help_panel="Hardware")] = None,
     seed: Annotated[int | None, typer.Option(
         "-s", "--seed", help="Seed for adapter init, noise and shuffling (default: 0).",
         rich_help_panel=TRAINING)] = None,
@@ -259,6 +269,7 @@ def tune(
         "prior": prior, "prior_weight": prior_weight, "class_images": class_images, "class_dir": class_dir,
         "train_text_encoder": train_text_encoder, "mixed_precision": mixed_precision,
         "gradient_checkpointing": gradient_checkpointing, "use_8bit_adam": use_8bit_adam,
+        "quantize": quantize, "offload": offload,
         "checkpoint_every": checkpoint_every, "resume": resume, "overwrite": overwrite,
         "validation_prompt": validation_prompt, "validation_every": validation_every,
         "validation_images": validation_images, "seed": seed, "export": export or None,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dreamcli import __version__
+from dreamcli import __version__, memory
 from dreamcli.requests import ModelOptions, TuneConfig
 from dreamcli.training import plot, rundir
 from dreamcli.training.class_images import cache_folder, class_image_path, make_class_images
@@ -45,6 +45,7 @@ class TuneResult:
     steps_per_second: float = 0.0
     peak_rss_mb: float = 0.0
     final_loss: float | None = None
+    peak_memory: tuple[str, float] = ("RAM", 0.0)  # what peak_memory() said at the end: ("GPU" | "RAM", MiB)
 
 
 class TrainingProgress:
@@ -121,6 +122,69 @@ def peak_memory(device) -> tuple[str, float]:
     return "RAM", peak_rss_mb()
 
 
+class Placement:
+    """Where the pipeline's models live during a run, so that the GPU holds what the loop needs.
+
+    The models the loop calls every step are kept on the device (`keep`): the denoiser with its adapters,
+    and the VAE or the text encoders when they cannot be cached. On an accelerator, the others go back to
+    CPU memory once they have cached the latents and the prompts (`visiting`), and come in again for
+    validation pictures. Without `offload` the whole pipeline starts on the device. With it, everything
+    starts in CPU memory, the denoiser comes in only after the prompts are encoded, and class and validation
+    pictures are drawn with diffusers' model offload: one model on the GPU at a time, the denoiser too.
+    On the CPU everything just stays.
+    """
+
+    def __init__(self, pipe, device, offload: bool):
+        self.pipe, self.device = pipe, torch.device(device)
+        self.accelerated = self.device.type != "cpu"
+        self.offload = offload and self.accelerated
+        self.kept: list[torch.nn.Module] = []  # on the device throughout
+        self.parked: list[torch.nn.Module] = []  # in CPU memory between uses
+
+    def start(self) -> None:
+        if not self.offload:
+            self.pipe.to(self.device)
+
+    def keep(self, *models) -> None:
+        for model in models:
+            model.to(self.device)
+            if model not in self.kept:
+                self.kept.append(model)
+
+    @contextlib.contextmanager
+    def visiting(self, *models):
+        """The models on the device for the block, then (on an accelerator) parked in CPU memory."""
+        for model in models:
+            model.to(self.device)
+        yield
+        if self.accelerated:
+            for model in models:
+                if model not in self.kept:
+                    model.to("cpu")
+                    if model not in self.parked:
+                        self.parked.append(model)
+
+    @contextlib.contextmanager
+    def sampling(self):
+        """The whole pipeline ready to draw pictures for the block, then back as the loop needs it."""
+        if self.offload:
+            self.pipe.enable_model_cpu_offload(device=self.device)
+            try:
+                yield
+            finally:
+                self.pipe.remove_all_hooks()
+                for model in self.kept:
+                    model.to(self.device)
+        else:
+            for model in self.parked:
+                model.to(self.device)
+            try:
+                yield
+            finally:
+                for model in self.parked:
+                    model.to("cpu")
+
+
 def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None, on_note=None) -> TuneResult:
     """Teach a model the subject in `config.instance_data_dir` and write a LoRA into `config.output_dir`.
 
@@ -159,13 +223,23 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
     progress.step = inputs.resume_step if inputs.resume_from is not None else 0
     try:
         options = ModelOptions(config.model, config.model_config, allow_unsafe_pickle=config.allow_unsafe_pickle)
-        pipe = load_base_pipeline(inputs.source, options, torch.float32)
+        weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
+        # Loaded in the compute dtype and placed only then: the frozen weights never train, and a 12 B Flux
+        # loaded in fp32 would need 48 GB on the way to 24. The adapters are added later, in fp32.
+        pipe = load_base_pipeline(inputs.source, options, weight_dtype)
         pipe.set_progress_bar_config(disable=True)
-        pipe.to(accelerator.device)
         # The family says what differs (families.py): prompts, latents, noise, the denoiser call, LoRA targets.
         family, recipe = recipe_for(inputs.source, pipe)
         sampling = family.call_args(pipe, {})  # class and validation pictures drawn as dream gen draws them
         denoiser, vae, encoders = getattr(pipe, family.denoiser), pipe.vae, text_encoders(pipe, recipe)
+        # Not SDXL's VAE in fp16, which overflows (its config says force_upcast; a fixed fp16 VAE says not).
+        keep_vae_fp32 = family.upcast_vae and getattr(vae.config, "force_upcast", False)
+        if keep_vae_fp32:
+            vae.to(dtype=torch.float32)
+        if config.quantize == "fp8":  # before the adapters, which then stay out of the fp8 storage
+            memory.quantize(pipe, family, "fp8", weight_dtype)
+        place = Placement(pipe, accelerator.device, config.offload and accelerator.num_processes == 1)
+        place.start()
         noise_scheduler = recipe.training_scheduler(pipe)
         resolution = inputs.resolution
         model_id = f"{inputs.source.kind}:{inputs.source.location}:{source_hash(inputs.source)}"
@@ -196,27 +270,24 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                 folder = cache_folder(
                     model_id, config.class_text, resolution, config.class_steps, config.class_guidance
                 )
-                if main:
-                    make_class_images(
-                        pipe, folder, missing, config.class_text, resolution, config.class_steps,
-                        config.class_guidance, {"model": model_id}, progress_cb, sampling,
-                    )
+                if main and not all(class_image_path(folder, i).exists() for i in range(missing)):
+                    with place.sampling():
+                        make_class_images(
+                            pipe, folder, missing, config.class_text, resolution, config.class_steps,
+                            config.class_guidance, {"model": model_id}, progress_cb, sampling,
+                        )
                 accelerator.wait_for_everyone()
                 class_paths += [class_image_path(folder, i) for i in range(missing)]
 
         # ---- 3. Dataset: images at the training resolution; latents cached when nothing varies ----
-        weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
         vae.requires_grad_(False)
         dataset = DreamBoothDataset(inputs.instance_images, class_paths, resolution, config.random_crop, config.seed)
-        # Frozen weights in the compute dtype: half the memory. Not SDXL's VAE, which overflows in fp16 (its config
-        # says force_upcast; a fixed fp16 VAE says not).
-        keep_vae_fp32 = family.upcast_vae and getattr(vae.config, "force_upcast", False)
-        if weight_dtype != torch.float32 and not keep_vae_fp32:
-            vae.to(dtype=weight_dtype)
         if not config.random_crop:
             # Not under autocast when the VAE stays fp32: autocast would run its convolutions in fp16 anyway.
-            with contextlib.nullcontext() if keep_vae_fp32 else accelerator.autocast():
+            with place.visiting(vae), contextlib.nullcontext() if keep_vae_fp32 else accelerator.autocast():
                 dataset.cache_latents(vae, accelerator.device, vae.dtype)
+        else:
+            place.keep(vae)  # it encodes every step
         dataloader = torch.utils.data.DataLoader(
             dataset, batch_size=config.train_batch_size, shuffle=True, collate_fn=collate, num_workers=0
         )
@@ -234,9 +305,6 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         frozen = [model for name, model in encoders.items() if name not in adapted.encoders]
         params = add_adapters(adapted, frozen, config.rank, config.alpha, recipe.targets[config.lora_layers],
                               recipe.text_targets)
-        if weight_dtype != torch.float32:
-            for model in (denoiser, *encoders.values()):
-                model.to(dtype=weight_dtype)
         trained = adapted.models()
         cast_training_params(trained, dtype=torch.float32)  # adapters train in fp32 under mixed precision
         if config.gradient_checkpointing:
@@ -247,8 +315,11 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                 (enable or encoder.gradient_checkpointing_enable)()
         text_states = None
         if not adapted.encoders:
-            with torch.no_grad():  # two fixed prompts: encode once instead of every step
+            with torch.no_grad(), place.visiting(*encoders.values()):  # two fixed prompts: encoded once, not per step
                 text_states = {k: recipe.encode(encoders, ids) for k, ids in prompt_ids.items()}
+        else:
+            place.keep(*encoders.values())  # they encode every step (the frozen ones too)
+        place.keep(denoiser)  # with --offload, only now: the encoders have left
 
         if config.use_8bit_adam:
             import bitsandbytes as bnb
@@ -259,6 +330,7 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         optimizer = optimizer_class(params, lr=config.learning_rate, weight_decay=1e-2)
         lr_scheduler = get_scheduler("constant", optimizer=optimizer)
         prepared = accelerator.prepare(*trained, optimizer, dataloader, lr_scheduler)
+        fp8_backward = memory.fp8_backward(denoiser)  # fp8 weights stay fp8 between forward and backward
         trained_wrapped = prepared[: len(trained)]
         optimizer, dataloader, lr_scheduler = prepared[len(trained):]
         denoiser_wrapped = trained_wrapped[0]
@@ -353,7 +425,7 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                                                    + [prompt_ids["class"][name]] * classes)
                                    for name in prompt_ids["instance"]}
                             cond = recipe.encode(encoders_wrapped, ids)
-                        with accelerator.autocast():
+                        with accelerator.autocast(), fp8_backward:
                             pred = recipe.predict(denoiser_wrapped, noised.noisy, noised.timesteps, cond,
                                                   batch["geometry"], resolution)
                         target = noised.target
@@ -387,8 +459,9 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                             "prior_loss": round(float(losses[2]), 6), "lr": lr_scheduler.get_last_lr()[0],
                             "seconds": round(time.perf_counter() - started, 2),
                         })
-                    memory, peak_mb = peak_memory(accelerator.device)
-                    progress_cb("training", step, config.max_train_steps, loss=smoothed, memory=memory, peak_mb=peak_mb)
+                    memory_kind, peak_mb = peak_memory(accelerator.device)
+                    progress_cb("training", step, config.max_train_steps, loss=smoothed, memory=memory_kind,
+                                peak_mb=peak_mb)
                     stopping = float(losses[3]) > 0 and step < config.max_train_steps
                     if stopping or (step % config.checkpointing_steps == 0 and step < config.max_train_steps):
                         save_checkpoint(step)
@@ -396,9 +469,10 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                         raise KeyboardInterrupt
                     if main and config.num_validation_images and config.validation_steps \
                             and step % config.validation_steps == 0:
-                        validation_images += _validate(
-                            pipe, config, outdir, step, resolution, accelerator, trained_wrapped, sampling
-                        )
+                        with place.sampling():
+                            validation_images += _validate(
+                                pipe, config, outdir, step, resolution, accelerator, trained_wrapped, sampling
+                            )
                     if step >= config.max_train_steps:
                         break
                 epoch, skip_batches = epoch + 1, 0
@@ -417,7 +491,8 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         # ---- 7. Save: the LoRA in diffusers format, exports, validation images, the run record ----
         save_checkpoint(step)  # so `--resume --steps MORE` continues from exactly here
         result = TuneResult(outdir, None, step, is_main_process=main, steps_per_second=rate,
-                            peak_rss_mb=peak_rss_mb(), final_loss=last_loss)
+                            peak_rss_mb=peak_rss_mb(), final_loss=last_loss,
+                            peak_memory=peak_memory(accelerator.device))
         if main:
             result.weights = save_lora(outdir, adapted, rundir.WEIGHTS_NAME)
             if "kohya" in config.export:
@@ -426,8 +501,9 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
             # The end gets a validation round unless the loop just made one at this step.
             validated = bool(config.validation_steps) and step % config.validation_steps == 0 and step > first_step
             if config.num_validation_images and not validated:
-                validation_images += _validate(pipe, config, outdir, step, resolution, accelerator, trained_wrapped,
-                                               sampling)
+                with place.sampling():
+                    validation_images += _validate(pipe, config, outdir, step, resolution, accelerator,
+                                                   trained_wrapped, sampling)
             result.validation_images = validation_images
             _finish_record(
                 outdir, status="finished", step=step, steps_per_second=round(rate, 4),

@@ -31,7 +31,7 @@ TEST_KILL_ENV = "DREAMCLI_TEST_KILL_IN_CHECKPOINT"
 NOT_IDENTITY = {
     "max_train_steps", "checkpointing_steps", "resume", "overwrite", "validation_prompt",
     "validation_steps", "num_validation_images", "export", "device", "num_class_images", "class_steps",
-    "class_guidance",
+    "class_guidance", "offload",
 }
 
 
