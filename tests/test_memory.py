@@ -16,6 +16,9 @@ GB = 10**9
 # Component sizes in bf16 (parameters x 2 bytes, rounded): Flux.1-dev and SD3 Medium.
 FLUX = {"transformer": 23_800_000_000, "text_encoder_2": 9_520_000_000, "text_encoder": 246_000_000,
         "vae": 168_000_000}
+# Flux.1-dev's transformer once stored in fp8: the AdaLN modulation layers, norms and embeddings stay bf16
+# (memory.fp8_bytes on the published config, counted on a meta copy).
+FLUX_FP8 = 15_150_000_000
 SD3_MEDIUM = {"transformer": 4_170_000_000, "text_encoder_3": 9_520_000_000, "text_encoder": 247_000_000,
               "text_encoder_2": 1_390_000_000, "vae": 168_000_000}
 
@@ -58,10 +61,11 @@ def test_fp8_weights_draw_nearly_the_same_picture_in_less_memory(families, name,
     in_fp8 = sum(p.numel() for p in pipe.transformer.parameters() if p.dtype == torch.float8_e4m3fn)
     mean, largest = levels(picture(pipe), reference)
 
-    # Every linear layer's weights go from 4 bytes to 1; norms and embeddings stay in fp32. They are a quarter
-    # to a third of these tiny models' weights (a fraction of a percent of a real one's).
+    # Every linear layer's weights go from 4 bytes to 1; norms, embeddings and the AdaLN modulation layers stay in
+    # fp32. They are a quarter to a third of these tiny models' weights (and of Flux dev's: 15.2 GB in fp8).
     assert in_fp8 > 0.6 * sum(p.numel() for p in plain.transformer.parameters())
     assert after == before - 3 * in_fp8
+    assert memory.fp8_bytes(plain.transformer) == after  # counted before quantizing, on a weightless copy
     # Measured: Flux 0.48 mean / 2.6 largest, SD3 0.43 / 2.7 levels, on pictures with a spread of ~40 levels.
     assert reference.std() > 10
     assert mean < 1.5 and largest < 10, (mean, largest)
@@ -212,23 +216,23 @@ def test_unknown_offload_mode_is_refused(families):
 
 @pytest.mark.parametrize("free_gb, expected", [
     (80, (None, None)),  # 33.7 GB fits an 80 GB card whole
-    (30, (None, "fp8")),  # 11.9 + 9.9 GB: fp8 transformer, everything resident
+    (30, (None, "fp8")),  # 15.2 + 9.9 GB: fp8 transformer, everything resident
     (24, ("model", "fp8")),  # a 24 GB card: 23.8 GB of transformer alone leaves no room to compute
-    (16, ("model", "fp8")),
-    (12, ("group", None)),  # 11.9 GB of fp8 transformer is over 85% of 12
+    (16, ("group", None)),  # 15.2 GB of fp8 transformer is over 85% of 16
+    (12, ("group", None)),
     (8, ("group", None)),
     (0, ("group", None)),
 ])
 def test_choose_for_flux(free_gb, expected):
-    offload, quantize, reason = memory.choose(family("flux"), FLUX, free_gb * GB)
+    offload, quantize, reason = memory.choose(family("flux"), FLUX, free_gb * GB, fp8_denoiser=FLUX_FP8)
     assert (offload, quantize) == expected
     assert reason.startswith(f"Flux.1 weights 33.7 GB (transformer 23.8 GB), {free_gb:.1f} GB free on cuda: ")
 
 
 def test_choose_says_why_in_one_line():
-    reason = memory.choose(family("flux"), FLUX, 16 * GB)[2]
+    reason = memory.choose(family("flux"), FLUX, 20 * GB, fp8_denoiser=FLUX_FP8)[2]
     assert reason == (
-        "Flux.1 weights 33.7 GB (transformer 23.8 GB), 16.0 GB free on cuda: fp8 transformer + model offload")
+        "Flux.1 weights 33.7 GB (transformer 23.8 GB), 20.0 GB free on cuda: fp8 transformer + model offload")
     assert memory.choose(family("sdxl"), 5_140_000_000, 20 * GB, "cuda:1")[2] == (
         "SDXL weights 5.1 GB (unet 5.1 GB), 20.0 GB free on cuda:1: everything on the GPU")
 
@@ -328,3 +332,17 @@ def test_memory_flags_reach_the_request_record(gen):
     (path,) = result.stdout.split()
     model = json.loads(Image.open(path).info["dreamcli"])["request"]["model"]
     assert (model["offload"], model["quantize"], model["no_t5"]) == ("group", "none", False)
+
+
+def test_fp8_bytes_of_flux_dev_as_published():
+    """A third of Flux dev's weights stay bf16 under fp8 storage (the AdaLN modulation layers are "norm" to
+    diffusers' skip list): what choose() is told, instead of one byte per weight (11.9 GB)."""
+    import diffusers
+
+    from dreamcli.bench.shapes import FLUX_DEV, default_dtype
+
+    with torch.device("meta"), default_dtype(torch.bfloat16):
+        transformer = diffusers.FluxTransformer2DModel(**FLUX_DEV)
+    assert memory.fp8_bytes(transformer) == pytest.approx(FLUX_FP8, rel=0.002)
+    assert sum(p.numel() * p.element_size() for p in transformer.parameters()) == pytest.approx(
+        FLUX["transformer"], rel=0.002)

@@ -39,20 +39,30 @@ def loaded(monkeypatch):
     return pipes
 
 
-def test_fp8_base_trains_fp32_adapters_that_diffusers_loads(families, tmp_path, loaded):
+@pytest.mark.parametrize("name", ["flux-dev", "sd1"])
+def test_fp8_base_with_checkpointing_trains_fp32_adapters_that_diffusers_loads(request, tmp_path, loaded, name):
+    """Flux (all linear layers) and a UNet (convolutions, which stay bf16: see memory.quantize), both with
+    gradient checkpointing, whose recomputation must see the same weights as the forward pass."""
     import diffusers
 
     from dreamcli.training import tune
 
-    result = tune(config_for(families["flux-dev"], tmp_path, "fp8", quantize="fp8", mixed_precision="bf16"))
-    transformer = loaded[0].transformer
-    base = transformer.transformer_blocks[0].attn.to_q
-    assert base.base_layer.weight.dtype == torch.float8_e4m3fn  # stored in fp8 all through training
-    assert base.lora_A["default"].weight.dtype == torch.float32  # the adapters train in fp32
+    model = request.getfixturevalue("families" if name == "flux-dev" else "tiny")[name]
+    result = tune(config_for(model, tmp_path, "fp8", quantize="fp8", mixed_precision="bf16",
+                             gradient_checkpointing=True))
+    pipe = loaded[0]
+    denoiser = pipe.transformer if name == "flux-dev" else pipe.unet
+    attention = denoiser.transformer_blocks[0].attn if name == "flux-dev" else \
+        denoiser.down_blocks[1].attentions[0].transformer_blocks[0].attn1
+    assert attention.to_q.base_layer.weight.dtype == torch.float8_e4m3fn  # stored in fp8 all through training
+    assert attention.to_q.lora_A["default"].weight.dtype == torch.float32  # the adapters train in fp32
+    if name == "sd1":
+        assert denoiser.conv_in.weight.dtype == torch.bfloat16
     weights = load_weights(result.weights)
     assert {t.dtype for t in weights.values()} == {torch.float32}
-    assert any(t.abs().sum() > 0 for k, t in weights.items() if "lora_B" in k)  # B starts at zero: it learnt
-    pipe = diffusers.FluxPipeline.from_pretrained(families["flux-dev"])
+    ups = [t for k, t in weights.items() if "lora_B" in k or "lora.up" in k]  # diffusers SD1 names: lora.up
+    assert ups and any(t.abs().sum() > 0 for t in ups)  # B (up) starts at zero: it learnt
+    pipe = diffusers.AutoPipelineForText2Image.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
 
     def picture():

@@ -66,16 +66,17 @@ def load_kwargs(family, options, device: str, compute_dtype, single_file: bool =
     return kwargs
 
 
-def quantize(pipe, family, mode: str | None, compute_dtype) -> None:
+def quantize(pipe, family, mode: str | None, compute_dtype, training: bool = False) -> None:
     """Store the denoiser's weights in fp8 (--quantize fp8), cast up layer by layer as each one runs.
 
     nf4 and int8 happen while loading (load_kwargs); None and "none" leave the weights as loaded. The text
     encoders stay as they are: transformers' T5 casts its activations to its weights' dtype, which fp8
-    storage would turn into fp8 arithmetic.
+    storage would turn into fp8 arithmetic. For `training`, convolutions stay in the compute dtype too:
+    autograd saves a convolution's weight itself (a linear layer's as a transposed view), and gradient
+    checkpointing's recomputation then finds it cast back to fp8 and stops with torch's CheckpointError.
     """
     if mode != "fp8":
         return
-    import torch
 
     denoiser = getattr(pipe, family.denoiser)
     if getattr(denoiser, "is_quantized", False):  # GGUF files, bitsandbytes: diffusers marks every quantized model
@@ -83,8 +84,34 @@ def quantize(pipe, family, mode: str | None, compute_dtype) -> None:
             f"--quantize fp8 needs full-precision weights, and this {family.label} {family.denoiser} is quantized "
             "already: leave out --quantize"
         )
-    denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
+    _store_fp8(denoiser, compute_dtype, training)
     _adapters_in(denoiser, compute_dtype)
+
+
+def _store_fp8(model, compute_dtype, training: bool) -> None:
+    import torch
+
+    convolutions = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d) if training else None
+    model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype,
+                                   skip_modules_classes=convolutions)
+
+
+def fp8_bytes(model, training: bool = False) -> int:
+    """Bytes the model's weights take once quantize() stores them in fp8.
+
+    Layerwise casting leaves norms, embeddings and the model's own skip list in their dtype (a third of
+    Flux dev's weights: 15.2 GB in fp8, not 11.9), which one byte per weight would miss. Worked out on a
+    weightless (meta) copy by diffusers' own choice of layers, then counted on the real weights.
+    """
+    import torch
+
+    with torch.device("meta"):
+        copy = type(model).from_config(model.config)
+    _store_fp8(copy, torch.bfloat16, training)
+    stored = {name for name, param in copy.named_parameters() if param.dtype == torch.float8_e4m3fn}
+    weights = sum(param.numel() * (1 if name in stored else param.element_size())
+                  for name, param in model.named_parameters())
+    return weights + sum(buffer.numel() * buffer.element_size() for buffer in model.buffers())
 
 
 def fp8_backward(model):
@@ -198,20 +225,22 @@ def pipeline_bytes(pipe) -> dict[str, int]:
 
 
 def choose(family, weights: Mapping[str, int] | int, free_bytes: int, device: str = "cuda",
-           dtype_bytes: int = 2, fp8: bool = True) -> tuple[str | None, str | None, str]:
+           dtype_bytes: int = 2, fp8: bool = True, fp8_denoiser: int | None = None,
+           ) -> tuple[str | None, str | None, str]:
     """(offload, quantize, reason): the fastest memory setting whose weights fit the free GPU memory.
 
     weights: bytes per component (pipeline_bytes), or one number for the denoiser alone. Tried in order,
     the first whose weights fit FIT of free_bytes wins: everything on the GPU; the denoiser in fp8 (one
     byte per weight instead of dtype_bytes); model offload (the largest model must fit); fp8 and model
     offload; else group offload, which holds one block at a time. fp8=False skips the fp8 steps (a denoiser
-    quantized already).
+    quantized already). fp8_denoiser: the denoiser's bytes in fp8 as fp8_bytes() counts them; without it,
+    every weight is taken at one byte.
     """
     sizes = dict(weights) if isinstance(weights, Mapping) else {family.denoiser: int(weights)}
     total = sum(sizes.values())
     denoiser = sizes.get(family.denoiser, 0)
     largest_other = max((size for name, size in sizes.items() if name != family.denoiser), default=0)
-    in_fp8 = denoiser / dtype_bytes
+    in_fp8 = fp8_denoiser if fp8_denoiser is not None else denoiser / dtype_bytes
     budget = FIT * free_bytes
     ladder = (
         (None, None, total, "everything on the GPU"),
@@ -244,9 +273,9 @@ def resolve(pipe, family, options, device: str) -> tuple[str | None, str | None,
 
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         denoiser = getattr(pipe, family.denoiser)
-        dtype_bytes = next(denoiser.parameters()).element_size()
         quantized = getattr(denoiser, "is_quantized", False)
-        return choose(family, pipeline_bytes(pipe), free, device, dtype_bytes, fp8=not quantized)
+        return choose(family, pipeline_bytes(pipe), free, device, fp8=not quantized,
+                      fp8_denoiser=None if quantized else fp8_bytes(denoiser))
     offload = None if offload in (None, "none") or device == "cpu" else offload
     return offload, None if quant in (None, "none") else quant, None
 

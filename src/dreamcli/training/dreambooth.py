@@ -237,7 +237,7 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         if keep_vae_fp32:
             vae.to(dtype=torch.float32)
         if config.quantize == "fp8":  # before the adapters, which then stay out of the fp8 storage
-            memory.quantize(pipe, family, "fp8", weight_dtype)
+            memory.quantize(pipe, family, "fp8", weight_dtype, training=True)
         place = Placement(pipe, accelerator.device, config.offload and accelerator.num_processes == 1)
         place.start()
         noise_scheduler = recipe.training_scheduler(pipe)
