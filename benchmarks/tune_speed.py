@@ -1,8 +1,11 @@
 """Measure dream tune's speed and memory: steps/s, CPU seconds per step and peak RSS, one JSON line per setting.
 
-Run: python benchmarks/tune_speed.py [MODEL] [--steps 40] [--resolution N] [--device cpu]
+Run: python benchmarks/tune_speed.py [MODEL] [--steps 40] [--resolution N] [--device cpu] [--shape NAME]
+    [--setting "FLAGS" ...]
 MODEL defaults to the built-in demo model; with none built, a demo-shaped model with random weights
-(same UNet, VAE and text encoder sizes, so the same speed) is made in a temporary folder.
+(same UNet, VAE and text encoder sizes, so the same speed) is made in a temporary folder. --shape sd15 (or
+another of dreamcli.bench.shapes) trains a full-size shape with random weights instead, saved in bf16.
+Each --setting is one run's extra flags (default: none, --gradient-checkpointing, --no-prior).
 """
 
 from __future__ import annotations
@@ -71,15 +74,25 @@ def main() -> None:
     parser.add_argument("model", nargs="?")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--shape", help="a full-size shape with random weights (dreamcli.bench.shapes)")
+    parser.add_argument("--setting", action="append", help="one run's extra flags, quoted")
     args = parser.parse_args()
+    settings = [s.split() for s in args.setting] if args.setting else [[], ["--gradient-checkpointing"], ["--no-prior"]]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = Path(args.model) if args.model else ROOT / "src" / "dreamcli" / "demo" / "model"
-        if not (model / "model_index.json").is_file():
-            model = demo_shaped_model(tmp / "demo-shaped")
-        images = subject(tmp / "subject", 128)
-        for i, extra in enumerate([[], ["--gradient-checkpointing"], ["--no-prior"]]):
-            figures = one_run(model, images, tmp / f"run{i}", args.steps, ["--device", args.device, *extra])
+        if args.shape:
+            from dreamcli.bench.shapes import saved_shape
+
+            model = saved_shape(args.shape, tmp, "bf16")
+        else:
+            model = Path(args.model) if args.model else ROOT / "src" / "dreamcli" / "demo" / "model"
+            if not (model / "model_index.json").is_file():
+                model = demo_shaped_model(tmp / "demo-shaped")
+        images = subject(tmp / "subject", args.resolution)
+        for i, extra in enumerate(settings):
+            extra = ["--device", args.device, "--resolution", str(args.resolution), *extra]
+            figures = one_run(model, images, tmp / f"run{i}", args.steps, extra)
             print(json.dumps({"model": str(model), **figures}), flush=True)
 
 
