@@ -262,7 +262,13 @@ def test_concurrent_clients_each_get_their_own_pictures(server):
     answers = {}
 
     def ask(seed):
-        answers[seed] = txt2img(server, seed=seed, prompt=f"a shape {seed}")
+        # Three clients against one running job and a queue of 2: when all three arrive before the worker has
+        # taken the first, one is told 503 with Retry-After, and retries as a client should.
+        for _ in range(5):
+            answers[seed] = txt2img(server, seed=seed, prompt=f"a shape {seed}")
+            if answers[seed].status_code != 503:
+                return
+            time.sleep(min(float(answers[seed].headers.get("Retry-After", 1)), 5))
 
     threads = [threading.Thread(target=ask, args=(seed,)) for seed in (31, 32, 33)]
     for thread in threads:
