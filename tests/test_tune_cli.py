@@ -236,3 +236,10 @@ def test_a_preset_with_a_sampling_value_of_the_wrong_type_is_one_line(cli, tiny,
     assert result.exit_code == 2
     assert "steps for class images must be a whole number" in one_error_line(result)
     assert not (tmp_path / "run").exists()
+
+
+def test_offload_on_the_cpu_says_it_changes_nothing(tune_cli):
+    result, outdir = tune_cli("--offload", "--steps", "1", "--class-images", "1", "--validation-images", "0")
+    assert result.exit_code == 0, result.stderr
+    assert "--offload changes nothing here: on the CPU every model is in CPU memory already" in result.stderr
+    assert (outdir / "pytorch_lora_weights.safetensors").is_file()

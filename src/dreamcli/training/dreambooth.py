@@ -239,6 +239,9 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
         if config.quantize == "fp8":  # before the adapters, which then stay out of the fp8 storage
             memory.quantize(pipe, family, "fp8", weight_dtype, training=True)
         place = Placement(pipe, accelerator.device, config.offload and accelerator.num_processes == 1)
+        if config.offload and not place.offload:
+            note("--offload changes nothing here: " + ("on the CPU every model is in CPU memory already"
+                 if not place.accelerated else "a multi-process run keeps each process's pipeline on its GPU"))
         place.start()
         noise_scheduler = recipe.training_scheduler(pipe)
         resolution = inputs.resolution
