@@ -144,7 +144,9 @@ def test_offload_changes_no_weight_and_no_picture(tiny, tmp_path, monkeypatch, l
     assert [p.name for p in plain.validation_images] == [p.name for p in offloaded.validation_images]
     for p, q in zip(plain.validation_images, offloaded.validation_images, strict=True):
         assert np.array_equal(pixels(p), pixels(q))
-    # diffusers' offload hooks are gone after each round: none is left on any model of the pipeline.
+    # diffusers' offload hooks are gone after each round, and ours (each text encoder in for its own call) after
+    # the prompts are encoded: none is left on any model of the pipeline.
     for module in loaded[-1].components.values():
         if isinstance(module, torch.nn.Module):
             assert not any(hasattr(m, "_hf_hook") for m in module.modules())
+            assert not module._forward_pre_hooks and not module._forward_hooks

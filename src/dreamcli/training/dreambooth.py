@@ -129,8 +129,9 @@ class Placement:
     and the VAE or the text encoders when they cannot be cached. On an accelerator, the others go back to
     CPU memory once they have cached the latents and the prompts (`visiting`), and come in again for
     validation pictures. Without `offload` the whole pipeline starts on the device. With it, everything
-    starts in CPU memory, the denoiser comes in only after the prompts are encoded, and class and validation
-    pictures are drawn with diffusers' model offload: one model on the GPU at a time, the denoiser too.
+    starts in CPU memory, each text encoder comes in only for its own call, the denoiser only after the
+    prompts are encoded, and class and validation pictures are drawn with diffusers' model offload: one model
+    on the GPU at a time, the denoiser too.
     On the CPU everything just stays.
     """
 
@@ -152,11 +153,30 @@ class Placement:
                 self.kept.append(model)
 
     @contextlib.contextmanager
-    def visiting(self, *models):
-        """The models on the device for the block, then (on an accelerator) parked in CPU memory."""
-        for model in models:
-            model.to(self.device)
-        yield
+    def visiting(self, *models, each: bool = False):
+        """The models on the device for the block, then (on an accelerator) parked in CPU memory.
+
+        `each` (models the block calls as modules, like text encoders): with offload, each comes in only for
+        its own call, so that T5-XXL and the CLIPs are never on the GPU together.
+        """
+        hooks = []
+        if each and self.offload:
+            def come_in(module, args):
+                module.to(self.device)
+
+            def go_out(module, args, output):
+                module.to("cpu")
+
+            for model in models:
+                hooks += [model.register_forward_pre_hook(come_in), model.register_forward_hook(go_out)]
+        else:
+            for model in models:
+                model.to(self.device)
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
         if self.accelerated:
             for model in models:
                 if model not in self.kept:
@@ -318,7 +338,7 @@ def tune(config: TuneConfig, inputs: TuneInputs | None = None, on_progress=None,
                 (enable or encoder.gradient_checkpointing_enable)()
         text_states = None
         if not adapted.encoders:
-            with torch.no_grad(), place.visiting(*encoders.values()):  # two fixed prompts: encoded once, not per step
+            with torch.no_grad(), place.visiting(*encoders.values(), each=True):  # two fixed prompts: encoded once
                 text_states = {k: recipe.encode(encoders, ids) for k, ids in prompt_ids.items()}
         else:
             place.keep(*encoders.values())  # they encode every step (the frozen ones too)
