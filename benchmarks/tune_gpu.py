@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import gc
 import json
-import random
 import sys
 import tempfile
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from tune_speed import subject  # noqa: E402  (beside this file: the same pictures to learn from)
 
 # name: (shape, resolution, tune settings beyond the common ones)
 CASES = {  # in the order they run: what the README's memory table needs most comes first
@@ -46,15 +47,6 @@ CASES = {  # in the order they run: what the README's memory table needs most co
     "flux-fp8": ("flux-dev", 1024, {"quantize": "fp8"}),
 }
 TINY = {"sd1": "tiny-sd", "sdxl": "tiny-sdxl", "sd3": "tiny-sd3", "flux": "tiny-flux"}
-
-
-def pictures(folder: Path, size: int, count: int, shape: str) -> Path:
-    from dreamcli.demo.world import Scene, draw
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        draw(Scene(shape, "red", "white", "center", "large"), size, random.Random(i)).save(folder / f"{i}.png")
-    return folder
 
 
 class Phases:
@@ -124,9 +116,9 @@ def run_case(name: str, shape_name: str, resolution: int, extra: dict, args, tmp
     engine.load_base_pipeline = lambda source, options, torch_dtype, device="cpu": held[0]
     phases = Phases(torch, args.device)
     config = TuneConfig(
-        instance_data_dir=str(pictures(tmp / "subject", resolution, 4, "cross")), class_word="shape",
+        instance_data_dir=str(subject(tmp / f"subject-{resolution}", resolution, "cross")), class_word="shape",
         model=str(reference), output_dir=str(tmp / f"run-{name}"), device=args.device,
-        class_data_dir=str(pictures(tmp / f"class-{resolution}", resolution, 2, "circle")), num_class_images=2,
+        class_data_dir=str(subject(tmp / f"class-{resolution}", resolution, "circle")), num_class_images=5,
         max_train_steps=args.steps, checkpointing_steps=args.steps, resolution=resolution, mixed_precision="bf16",
         num_validation_images=1, class_steps=4, **extra,
     )

@@ -41,15 +41,15 @@ def demo_shaped_model(folder: Path) -> Path:
     return folder / "model"
 
 
-def subject(folder: Path, size: int) -> Path:
-    """Five shape pictures to learn from."""
+def subject(folder: Path, size: int, shape: str = "square") -> Path:
+    """Five pictures of a red `shape` to learn from."""
     from dreamcli.demo.world import Scene, draw
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, (position, background) in enumerate(
         [("left", "white"), ("right", "black"), ("center", "blue"), ("top", "green"), ("bottom", "yellow")]
     ):
-        draw(Scene("square", "red", background, position, "large"), size, random.Random(i)).save(folder / f"{i}.png")
+        draw(Scene(shape, "red", background, position, "large"), size, random.Random(i)).save(folder / f"{i}.png")
     return folder
 
 

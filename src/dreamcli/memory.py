@@ -96,7 +96,7 @@ def _store_fp8(model, compute_dtype, training: bool) -> None:
                                    skip_modules_classes=convolutions)
 
 
-def fp8_bytes(model, training: bool = False) -> int:
+def fp8_bytes(model) -> int:
     """Bytes the model's weights take once quantize() stores them in fp8.
 
     Layerwise casting leaves norms, embeddings and the model's own skip list in their dtype (a third of
@@ -107,7 +107,7 @@ def fp8_bytes(model, training: bool = False) -> int:
 
     with torch.device("meta"):
         copy = type(model).from_config(model.config)
-    _store_fp8(copy, torch.bfloat16, training)
+    _store_fp8(copy, torch.bfloat16, training=False)
     stored = {name for name, param in copy.named_parameters() if param.dtype == torch.float8_e4m3fn}
     weights = sum(param.numel() * (1 if name in stored else param.element_size())
                   for name, param in model.named_parameters())
@@ -134,8 +134,8 @@ def fp8_backward(model):
 
     def pack(tensor):
         base = tensor if tensor._base is None else tensor._base
-        param = stored.get(id(base))
-        if param is None or param is not base:
+        param = stored.get(id(base))  # `stored` keeps its parameters alive: an equal id is the same object
+        if param is None:
             return tensor
         return param, tensor.dtype, tensor.size(), tensor.stride(), tensor.storage_offset()
 
